@@ -1,0 +1,203 @@
+// Op schemas of gpkernels, their device-independent wrappers (validation, memory layout, allocation) and
+// their registration for the CPU and CUDA dispatch keys. The kernels themselves live in cpu/ and cuda/.
+// Autograd and fake-tensor registrations are made from Python (gpkernels/ops/), which also registers the
+// same schemas for the Triton backend.
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gpkernels.h"
+
+namespace gpkernels {
+namespace {
+
+// True when every sample of t occupies one contiguous block of numel/B elements (contiguous,
+// channels_last and any other dense layout whose batch dimension is outermost). Such a tensor can be
+// handed to a kernel as is; the kernels see rows of N elements in a fixed, shared order.
+bool batch_outer_dense(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  // The dims of size > 1, from the smallest stride up, must form a contiguous layout, the batch dim last.
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, dim)
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) != 1) dims.emplace_back(t.stride(d), d);
+  }
+  std::stable_sort(dims.begin(), dims.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  int64_t expected = 1;
+  for (const auto& [stride, d] : dims) {
+    if (stride != expected) return false;
+    expected *= t.size(d);
+  }
+  return t.size(0) == 1 || dims.back().second == 0;
+}
+
+at::Tensor as_rows(const at::Tensor& t) { return batch_outer_dense(t) ? t : t.contiguous(); }
+
+// t with exactly the sizes and strides of ref (a tensor that as_rows returned).
+at::Tensor rows_like(const at::Tensor& t, const at::Tensor& ref) {
+  if (t.strides() == ref.strides()) return t;
+  at::Tensor out = at::empty_like(ref);
+  out.copy_(t);
+  return out;
+}
+
+at::ScalarType accum_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() >= 1, "gpkernels: ", name, " must have a batch dimension (got a 0-d tensor)");
+  TORCH_CHECK(t.size(0) >= 1, "gpkernels: ", name, " has an empty batch (size(0) == 0)");
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, "gpkernels: ",
+              name, " must be float32, float64, float16 or bfloat16, got ", dt);
+}
+
+void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  TORCH_CHECK(t.sizes() == ref.sizes(), "gpkernels: ", name, " must have the shape of ", ref_name, " ",
+              ref.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "gpkernels: ", name, " must have the dtype of ", ref_name,
+              " (", ref.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), "gpkernels: ", name, " is on ", t.device(), " but ", ref_name,
+              " is on ", ref.device());
+}
+
+// A per-sample vector: shape (B,), on ref's device, of the given dtype.
+void check_per_sample(const at::Tensor& t, const at::Tensor& ref, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == ref.size(0), "gpkernels: ", name, " must have shape (",
+              ref.size(0), ",) (one value per sample), got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == dtype, "gpkernels: ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), "gpkernels: ", name, " is on ", t.device(), " but the samples are on ",
+              ref.device());
+}
+
+PenaltyScalars scalars(double target, bool one_sided, double weight, double inv_scale) {
+  TORCH_CHECK(std::isfinite(target) && target >= 0, "gpkernels: target must be finite and >= 0, got ", target);
+  TORCH_CHECK(std::isfinite(weight) && weight >= 0, "gpkernels: weight must be finite and >= 0, got ", weight);
+  TORCH_CHECK(std::isfinite(inv_scale) && inv_scale > 0, "gpkernels: inv_scale must be finite and > 0, got ",
+              inv_scale);
+  return {target, weight, inv_scale, one_sided};
+}
+
+#ifdef GPKERNELS_WITH_CUDA
+#define GPK_CALL(device, fn, ...) \
+  ((device).is_cuda() ? cuda::fn(__VA_ARGS__) : cpu::fn(__VA_ARGS__))
+#else
+#define GPK_CALL(device, fn, ...) cpu::fn(__VA_ARGS__)
+#endif
+
+at::Tensor interp(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& alpha) {
+  check_rows(real, "real");
+  check_same(fake, real, "fake", "real");
+  check_per_sample(alpha, real, real.scalar_type(), "alpha");
+  c10::OptionalDeviceGuard guard(real.device());
+  const at::Tensor r = as_rows(real);
+  const at::Tensor f = rows_like(fake, r);
+  const at::Tensor a = alpha.contiguous();
+  at::Tensor out = at::empty_like(r);
+  GPK_CALL(real.device(), interp, r, f, a, out);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> interp_backward(const at::Tensor& grad, const at::Tensor& real,
+                                                               const at::Tensor& fake, const at::Tensor& alpha) {
+  check_rows(grad, "grad");
+  check_same(real, grad, "real", "grad");
+  check_same(fake, grad, "fake", "grad");
+  check_per_sample(alpha, grad, grad.scalar_type(), "alpha");
+  c10::OptionalDeviceGuard guard(grad.device());
+  const at::Tensor g = as_rows(grad);
+  const at::Tensor r = rows_like(real, g);
+  const at::Tensor f = rows_like(fake, g);
+  at::Tensor g_real = at::empty_like(g);
+  at::Tensor g_fake = at::empty_like(g);
+  at::Tensor g_alpha = at::empty({grad.size(0)}, alpha.options());
+  GPK_CALL(grad.device(), interp_backward, g, r, f, alpha.contiguous(), g_real, g_fake, g_alpha);
+  return {g_real, g_fake, g_alpha};
+}
+
+std::tuple<at::Tensor, at::Tensor> penalty_forward(const at::Tensor& grads, double target, bool one_sided,
+                                                   double weight, double inv_scale) {
+  check_rows(grads, "grads");
+  const auto p = scalars(target, one_sided, weight, inv_scale);
+  c10::OptionalDeviceGuard guard(grads.device());
+  const auto opts = grads.options().dtype(accum_dtype(grads.scalar_type()));
+  at::Tensor values = at::empty({grads.size(0)}, opts);
+  at::Tensor norms = at::empty({grads.size(0)}, opts);
+  GPK_CALL(grads.device(), penalty_forward, as_rows(grads), p, values, norms);
+  return {values, norms};
+}
+
+at::Tensor penalty_backward(const at::Tensor& grad_values, const at::Tensor& grads, const at::Tensor& norms,
+                            double target, bool one_sided, double weight, double inv_scale) {
+  check_rows(grads, "grads");
+  const auto acc = accum_dtype(grads.scalar_type());
+  check_per_sample(grad_values, grads, acc, "grad_values");
+  check_per_sample(norms, grads, acc, "norms");
+  const auto p = scalars(target, one_sided, weight, inv_scale);
+  c10::OptionalDeviceGuard guard(grads.device());
+  const at::Tensor g = as_rows(grads);
+  at::Tensor dgrads = at::empty_like(g);
+  GPK_CALL(grads.device(), penalty_backward, grad_values.contiguous(), g, norms.contiguous(), p, dgrads);
+  return dgrads;
+}
+
+std::tuple<at::Tensor, at::Tensor> penalty_double_backward(const at::Tensor& v, const at::Tensor& grad_values,
+                                                           const at::Tensor& grads, double target,
+                                                           bool one_sided, double weight, double inv_scale) {
+  check_rows(grads, "grads");
+  check_same(v, grads, "v", "grads");
+  const auto acc = accum_dtype(grads.scalar_type());
+  check_per_sample(grad_values, grads, acc, "grad_values");
+  const auto p = scalars(target, one_sided, weight, inv_scale);
+  c10::OptionalDeviceGuard guard(grads.device());
+  const at::Tensor g = as_rows(grads);
+  const at::Tensor vr = rows_like(v, g);
+  at::Tensor d_grad_values = at::empty({grads.size(0)}, grad_values.options());
+  at::Tensor d_grads = at::empty_like(g);
+  GPK_CALL(grads.device(), penalty_double_backward, vr, grad_values.contiguous(), g, p, d_grad_values, d_grads);
+  return {d_grad_values, d_grads};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(gpkernels, m) {
+  m.def("interp(Tensor real, Tensor fake, Tensor alpha) -> Tensor");
+  m.def("interp_backward(Tensor grad, Tensor real, Tensor fake, Tensor alpha) -> (Tensor, Tensor, Tensor)");
+  m.def("penalty_forward(Tensor grads, float target, bool one_sided, float weight, float inv_scale)"
+        " -> (Tensor, Tensor)");
+  m.def("penalty_backward(Tensor grad_values, Tensor grads, Tensor norms, float target, bool one_sided,"
+        " float weight, float inv_scale) -> Tensor");
+  m.def("penalty_double_backward(Tensor v, Tensor grad_values, Tensor grads, float target, bool one_sided,"
+        " float weight, float inv_scale) -> (Tensor, Tensor)");
+}
+
+#define GPK_REGISTER_IMPLS(m)                                      \
+  m.impl("interp", &interp);                                       \
+  m.impl("interp_backward", &interp_backward);                     \
+  m.impl("penalty_forward", &penalty_forward);                     \
+  m.impl("penalty_backward", &penalty_backward);                   \
+  m.impl("penalty_double_backward", &penalty_double_backward);
+
+TORCH_LIBRARY_IMPL(gpkernels, CPU, m) { GPK_REGISTER_IMPLS(m) }
+
+#ifdef GPKERNELS_WITH_CUDA
+TORCH_LIBRARY_IMPL(gpkernels, CUDA, m) { GPK_REGISTER_IMPLS(m) }
+#endif
+
+}  // namespace gpkernels
+
+// The Python module only reports how the extension was built; the ops are reached through torch.ops.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+#ifdef GPKERNELS_WITH_CUDA
+  mod.attr("with_cuda") = true;
+  mod.attr("cuda_archs") = std::string(gpkernels::cuda::built_archs());
+#else
+  mod.attr("with_cuda") = false;
+  mod.attr("cuda_archs") = std::string();
+#endif
+}

@@ -1,0 +1,25 @@
+"""gpkernels: fused CPU/CUDA/Triton kernels for the gradient penalty of WGAN-GP and its relatives.
+
+    import gpkernels
+    x_hat = gpkernels.interpolate(real, fake).requires_grad_()     # one U[0,1) weight per sample
+    (g,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    gp = gpkernels.penalty(g, weight=10.0)                          # 10 * mean_i (||g_i|| - 1)^2
+"""
+
+import torch  # noqa: F401  (the extension needs torch loaded first)
+
+from . import _ext, ops  # noqa: F401  (loads the extension, registers the ops)
+from .backends import available_backends, backend_report, current_backend, use_backend
+from .functional import interpolate, penalty
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "interpolate",
+    "penalty",
+    "available_backends",
+    "backend_report",
+    "current_backend",
+    "use_backend",
+    "__version__",
+]

@@ -1,0 +1,566 @@
+"""Triton kernels of gpkernels: plain functions, no autograd (``gpkernels`` wraps them as ops).
+
+Every function works on 2-D contiguous "row" tensors of shape (B, N) (sample i = row i, N >= 0) in
+float64 / float32 / float16 / bfloat16, and on 1-D per-sample tensors of length B. Arithmetic runs in the
+accumulation dtype: float32 for float32/float16/bfloat16 rows, float64 for float64 rows.
+
+The math (one sample i, g_i its gradient row; see csrc/common/penalty_math.h and DESIGN.md):
+    s = inv_scale, t = target >= 0, w = weight >= 0
+    n_i = s * ||g_i||
+    d_i = n_i - t                                   (one-sided: max(0, n_i - t))
+    value_i = w * d_i^2
+  Backward, upstream gout_i of value_i:
+    dvalue_i/dg_i = c_i * g_i,   c_i = 2 w s d_i (s / n_i)
+    c_i = 2 w s^2 where t == 0 (smooth there, even at g_i = 0); c_i = 0 where n_i == 0 (t > 0)
+  Double backward of B(gout, g) = gout * c(g) * g against an incoming v:
+    dB/dgout_i = c_i <g_i, v_i>
+    dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),   k_i = 2 w t s (s / n_i)^3
+    k_i = 0 where t == 0, where n_i == 0, and one-sided where n_i <= t
+  Interpolation x = a_i real + (1 - a_i) fake:
+    dx/dreal = a_i, dx/dfake = 1 - a_i, dL/da_i = <real_i - fake_i, gx_i>
+
+Kernels (all reused across the public functions):
+  * ``_row_reduce_kernel``: 2-D grid (row, chunk); each program reduces one chunk of one row into fp32/fp64
+    partials [NPARTS, B, nchunks] (sum of squares, dot product, or <real - fake, grad>), loading each input
+    element once; for interp_backward it also writes alpha*grad and (1-alpha)*grad in the same pass.
+  * ``_rows_finalize_kernel``: 1-D grid over blocks of rows; sums the partials of each row in chunk order
+    (deterministic, no atomics) and applies the per-row math (norm, value, c_i, k_i, g_alpha) with the
+    ``@triton.jit`` helpers below, which mirror penalty_math.h including its special cases.
+  * ``_rows_axpby_kernel``: out = a_i * X + b_i * Y (Y optional), 2-D grid (row, chunk); serves interp
+    (a = alpha, b = 1 - alpha computed in-kernel), penalty_backward (a = gout*c, no Y) and
+    penalty_double_backward (a = gout*c on v, b = gout*k*dot on g).
+
+Offsets are int64 (B*N may exceed 2**31). Launches with an empty grid (N == 0) are skipped.
+
+Triton interpreter note (TRITON_INTERPRET=1, triton 3.8): its float32 -> bfloat16 cast truncates toward
+zero instead of rounding to nearest-even (``interpreter.py``: ``cast_impl`` calls ``_convert_float`` with
+rounding_mode=None for ``create_fp_trunc``), so under the interpreter the bf16 stores here round with an
+explicit bit-level round-to-nearest-even (``_EMULATE_BF16_RNE``); compiled kernels use the native cast.
+(Its float64 -> bfloat16 cast is wrong outright: ``astype(uint16)`` of the values. No kernel here does it.)
+"""
+import functools
+import math
+import numbers
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "interp",
+    "interp_backward",
+    "penalty_forward",
+    "penalty_backward",
+    "penalty_double_backward",
+]
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-row math, mirroring csrc/common/penalty_math.h. Every argument is a per-row vector (or a scalar) in the
+# accumulation dtype. fp32 division and sqrt use the IEEE round-to-nearest forms (tl.div_rn / tl.sqrt_rn),
+# since plain `/` and tl.sqrt lower to approximate instructions on NVIDIA GPUs; fp64 `/` and sqrt are IEEE.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _div(x, y):
+    if x.dtype == tl.float64:
+        return x / y
+    else:
+        return tl.div_rn(x, y)
+
+
+@triton.jit
+def _sqrt(x):
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _row_norm(sumsq, s):
+    # n_i = s * ||g_i||, from the sum of squares of the raw (still scaled) row.
+    return s * _sqrt(sumsq)
+
+
+@triton.jit
+def _row_excess(norm, t, ONE_SIDED: tl.constexpr):
+    # d_i = n_i - t, clamped at 0 in the one-sided form.
+    d = norm - t
+    if ONE_SIDED:
+        d = tl.where(d < 0.0, 0.0, d)
+    return d
+
+
+@triton.jit
+def _row_value(norm, t, w, ONE_SIDED: tl.constexpr):
+    # value_i = w * d_i^2.
+    d = _row_excess(norm, t, ONE_SIDED)
+    return w * d * d
+
+
+@triton.jit
+def _row_grad_coef(norm, t, w, s, ONE_SIDED: tl.constexpr):
+    # c_i = 2 w s d_i (s / n_i); 2 w s^2 where t == 0; 0 where !(n_i > 0) (t > 0).
+    pos = norm > 0.0
+    safe = tl.where(pos, norm, 1.0)  # keeps the discarded lanes finite
+    d = _row_excess(norm, t, ONE_SIDED)
+    c = 2.0 * w * s * d * _div(s, safe)
+    c = tl.where(pos, c, 0.0)
+    return tl.where(t == 0.0, 2.0 * w * s * s, c)
+
+
+@triton.jit
+def _row_second_coef(norm, t, w, s, ONE_SIDED: tl.constexpr):
+    # k_i = 2 w t s r^3 with r = s / n_i; 0 where t == 0, where !(n_i > 0), and one-sided where !(n_i > t).
+    pos = norm > 0.0
+    safe = tl.where(pos, norm, 1.0)
+    r = _div(s, safe)
+    k = 2.0 * w * t * s * r * r * r
+    live = pos & (t != 0.0)
+    if ONE_SIDED:
+        live = live & (norm > t)
+    return tl.where(live, k, 0.0)
+
+
+@triton.jit
+def _cast_out(x, DTYPE: tl.constexpr, EMULATE_BF16_RNE: tl.constexpr):
+    # Cast an fp32/fp64 value to the output dtype, rounding to nearest-even. Under the interpreter the
+    # fp32 -> bf16 cast truncates, so there (EMULATE_BF16_RNE) bf16 is rounded at the bit level.
+    if EMULATE_BF16_RNE and DTYPE == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        hi = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        hi = tl.where(x != x, 0x7FC0, hi)  # NaN stays a (quiet) NaN
+        return hi.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------------------
+
+_RED_SUMSQ = 0  # part 0 = sum g^2                                   (penalty_forward)
+_RED_SUMSQ_DOT = 1  # part 0 = sum g^2, part 1 = sum g*v             (penalty_double_backward)
+_RED_INTERP = 2  # part 0 = sum (real - fake)*grad, + alpha-scaled grads (interp_backward)
+
+
+@triton.jit
+def _row_reduce_kernel(
+    x_ptr,  # (B, N) rows: grads (SUMSQ, SUMSQ_DOT) or the incoming grad (INTERP)
+    y_ptr,  # (B, N) rows: v (SUMSQ_DOT) or real (INTERP); unused for SUMSQ
+    z_ptr,  # (B, N) rows: fake (INTERP); unused otherwise
+    alpha_ptr,  # (B,) alpha in the rows' dtype (INTERP); unused otherwise
+    out_y_ptr,  # (B, N) rows out: g_real = alpha*grad (INTERP); unused otherwise
+    out_z_ptr,  # (B, N) rows out: g_fake = (1 - alpha)*grad (INTERP); unused otherwise
+    part_ptr,  # [NPARTS, B, nchunks] partial sums in the accumulation dtype, written once per program
+    N,  # elements per row
+    CHUNK,  # elements per (row, chunk) program, a multiple of BLOCK
+    nchunks,  # chunks per row (grid axis 1)
+    part_stride,  # B * nchunks: distance between the partial planes
+    MODE: tl.constexpr,  # _RED_SUMSQ, _RED_SUMSQ_DOT or _RED_INTERP
+    ACC: tl.constexpr,  # accumulation dtype, tl.float32 or tl.float64
+    BLOCK: tl.constexpr,  # elements per vector step, a power of two
+    EMULATE_BF16_RNE: tl.constexpr,  # round bf16 stores in software (interpreter only)
+):
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1).to(tl.int64)
+    row_off = row * N  # int64: B*N may exceed 2**31
+    start = chunk * CHUNK
+    lanes = tl.arange(0, BLOCK)
+    acc0 = tl.zeros([BLOCK], dtype=ACC)
+    acc1 = tl.zeros([BLOCK], dtype=ACC)
+    if MODE == 2:
+        a = tl.load(alpha_ptr + row).to(ACC)
+        one_minus_a = 1.0 - a
+    n_here = tl.minimum(N - start, CHUNK)  # the last chunk of a row may be short
+    for it in range(0, n_here, BLOCK):
+        col = start + it + lanes
+        mask = col < N
+        offs = row_off + col
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+        if MODE == 0:
+            acc0 += x * x
+        elif MODE == 1:
+            y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(ACC)
+            acc0 += x * x
+            acc1 += x * y
+        else:
+            r = tl.load(y_ptr + offs, mask=mask, other=0.0).to(ACC)
+            f = tl.load(z_ptr + offs, mask=mask, other=0.0).to(ACC)
+            acc0 += (r - f) * x
+            tl.store(out_y_ptr + offs, _cast_out(a * x, out_y_ptr.dtype.element_ty, EMULATE_BF16_RNE), mask=mask)
+            tl.store(out_z_ptr + offs, _cast_out(one_minus_a * x, out_z_ptr.dtype.element_ty, EMULATE_BF16_RNE),
+                     mask=mask)
+    pidx = row * nchunks + chunk
+    tl.store(part_ptr + pidx, tl.sum(acc0, axis=0))
+    if MODE == 1:
+        tl.store(part_ptr + part_stride + pidx, tl.sum(acc1, axis=0))
+
+
+_FIN_FORWARD = 0  # norms_i, values_i from sum g^2
+_FIN_BACKWARD = 1  # a_i = gout_i * c(norms_i), no partials
+_FIN_DOUBLE = 2  # a_i = gout_i c_i, b_i = gout_i k_i dot_i, d_gout_i = c_i dot_i from sum g^2 and <g, v>
+_FIN_ALPHA = 3  # g_alpha_i = sum of the partials, in the rows' dtype
+
+
+@triton.jit
+def _rows_finalize_kernel(
+    part_ptr,  # [NPARTS, B, nchunks] partials of _row_reduce_kernel (acc dtype); unused for BACKWARD
+    target: tl.float64,  # t >= 0 (fp64 scalar argument, converted to ACC in the kernel)
+    weight: tl.float64,  # w >= 0 (fp64 scalar argument, converted to ACC in the kernel)
+    inv_scale: tl.float64,  # s > 0 (fp64 scalar argument, converted to ACC in the kernel)
+    norms_ptr,  # (B,) acc dtype: norms written (FORWARD) or read (BACKWARD); unused otherwise
+    gout_ptr,  # (B,) acc dtype: upstream gradient of values (BACKWARD, DOUBLE); unused otherwise
+    out0_ptr,  # (B,): values (FORWARD), a_i = gout_i c_i (BACKWARD, DOUBLE), g_alpha in rows' dtype (ALPHA)
+    out1_ptr,  # (B,) acc dtype: b_i = gout_i k_i dot_i (DOUBLE); unused otherwise
+    out2_ptr,  # (B,) acc dtype: d_gout_i = c_i dot_i (DOUBLE); unused otherwise
+    B,  # rows
+    nchunks,  # partials per row (0 when N == 0: the sums are 0)
+    part_stride,  # B * nchunks: distance between the partial planes
+    MODE: tl.constexpr,  # _FIN_FORWARD, _FIN_BACKWARD, _FIN_DOUBLE or _FIN_ALPHA
+    ONE_SIDED: tl.constexpr,  # one-sided penalty: d_i = max(0, n_i - t)
+    ACC: tl.constexpr,  # accumulation dtype, tl.float32 or tl.float64
+    BLOCK_R: tl.constexpr,  # rows per program, a power of two
+    EMULATE_BF16_RNE: tl.constexpr,  # round bf16 stores in software (interpreter only)
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < B
+    # Sum the partials of each row in chunk order: deterministic.
+    sum0 = tl.zeros([BLOCK_R], dtype=ACC)
+    sum1 = tl.zeros([BLOCK_R], dtype=ACC)
+    if MODE != 1:
+        for j in range(0, nchunks):
+            sum0 += tl.load(part_ptr + rows * nchunks + j, mask=rmask, other=0.0)
+            if MODE == 2:
+                sum1 += tl.load(part_ptr + part_stride + rows * nchunks + j, mask=rmask, other=0.0)
+    if MODE == 3:
+        tl.store(out0_ptr + rows, _cast_out(sum0, out0_ptr.dtype.element_ty, EMULATE_BF16_RNE), mask=rmask)
+    else:
+        # The scalars, rounded from double to ACC as the C++ kernels convert PenaltyScalars, and splatted to
+        # per-row vectors: besides, the interpreter mis-types a scalar comparison result once it is broadcast
+        # against a block (the bool becomes a float array), so every operand of the math below is a block.
+        t = tl.full([BLOCK_R], target, ACC)
+        w = tl.full([BLOCK_R], weight, ACC)
+        s = tl.full([BLOCK_R], inv_scale, ACC)
+        if MODE == 0:
+            norm = _row_norm(sum0, s)
+            tl.store(norms_ptr + rows, norm, mask=rmask)
+            tl.store(out0_ptr + rows, _row_value(norm, t, w, ONE_SIDED), mask=rmask)
+        elif MODE == 1:
+            norm = tl.load(norms_ptr + rows, mask=rmask, other=0.0)
+            gout = tl.load(gout_ptr + rows, mask=rmask, other=0.0)
+            c = _row_grad_coef(norm, t, w, s, ONE_SIDED)
+            tl.store(out0_ptr + rows, gout * c, mask=rmask)
+        else:
+            norm = _row_norm(sum0, s)
+            dot = sum1
+            gout = tl.load(gout_ptr + rows, mask=rmask, other=0.0)
+            c = _row_grad_coef(norm, t, w, s, ONE_SIDED)
+            k = _row_second_coef(norm, t, w, s, ONE_SIDED)
+            tl.store(out0_ptr + rows, gout * c, mask=rmask)
+            tl.store(out1_ptr + rows, gout * k * dot, mask=rmask)
+            tl.store(out2_ptr + rows, c * dot, mask=rmask)
+
+
+@triton.jit
+def _rows_axpby_kernel(
+    x_ptr,  # (B, N) rows X
+    y_ptr,  # (B, N) rows Y (HAS_Y); unused otherwise
+    a_ptr,  # (B,) per-row a_i, any float dtype (converted to ACC)
+    b_ptr,  # (B,) per-row b_i (HAS_Y and not B_IS_ONE_MINUS_A); unused otherwise
+    out_ptr,  # (B, N) rows out = a_i X + b_i Y, in out_ptr's dtype
+    N,  # elements per row
+    CHUNK,  # elements per (row, chunk) program, a multiple of BLOCK
+    HAS_Y: tl.constexpr,  # add the b_i Y term
+    B_IS_ONE_MINUS_A: tl.constexpr,  # b_i = 1 - a_i, computed in ACC (interp)
+    ACC: tl.constexpr,  # accumulation dtype, tl.float32 or tl.float64
+    BLOCK: tl.constexpr,  # elements per vector step, a power of two
+    EMULATE_BF16_RNE: tl.constexpr,  # round bf16 stores in software (interpreter only)
+):
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1).to(tl.int64)
+    row_off = row * N  # int64: B*N may exceed 2**31
+    start = chunk * CHUNK
+    lanes = tl.arange(0, BLOCK)
+    a = tl.load(a_ptr + row).to(ACC)
+    if HAS_Y:
+        if B_IS_ONE_MINUS_A:
+            b = 1.0 - a
+        else:
+            b = tl.load(b_ptr + row).to(ACC)
+    n_here = tl.minimum(N - start, CHUNK)  # the last chunk of a row may be short
+    for it in range(0, n_here, BLOCK):
+        col = start + it + lanes
+        mask = col < N
+        offs = row_off + col
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+        out = a * x
+        if HAS_Y:
+            y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(ACC)
+            out = out + b * y
+        tl.store(out_ptr + offs, _cast_out(out, out_ptr.dtype.element_ty, EMULATE_BF16_RNE), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Host side: validation, launch planning, launches
+# ----------------------------------------------------------------------------------------------------------
+
+# True when TRITON_INTERPRET=1 was set before this module was imported: the kernels are then Python.
+_INTERPRETED = type(_rows_axpby_kernel).__name__ == "InterpretedFunction"
+_EMULATE_BF16_RNE = _INTERPRETED
+
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_MIN_BLOCK = 64
+# GPU: 1024-element vector steps (num_warps 4: 8 elements per thread), and enough (row, chunk) programs to
+# fill the SMs when B is small, each still streaming at least _GPU_MIN_CHUNK_BLOCKS blocks.
+_GPU_MAX_BLOCK = 1024
+_GPU_PROGRAMS_PER_SM = 4
+_GPU_MIN_CHUNK_BLOCKS = 4
+_MAX_GRID_Y = 65535
+# Interpreter: it pays Python overhead per program and per vector op, not per element, so it gets wide
+# vectors and few programs (still several chunks per row for long rows, so that path is exercised).
+_INTERP_MAX_BLOCK = 8192
+_INTERP_PROGRAMS = 8
+_INTERP_MIN_CHUNK_BLOCKS = 2
+_FIN_MAX_BLOCK_R = 256
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _plan(B: int, N: int, device: torch.device):
+    """(BLOCK, CHUNK, nchunks, num_warps) for the (row, chunk) kernels; nchunks == 0 when N == 0."""
+    on_gpu = device.type != "cpu" and not _INTERPRETED
+    max_block = _GPU_MAX_BLOCK if on_gpu else _INTERP_MAX_BLOCK
+    block = min(max_block, max(_MIN_BLOCK, _next_pow2(N)))
+    num_warps = max(1, min(4, block // 256))
+    if N == 0:
+        return block, block, 0, num_warps
+    if on_gpu:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        target = _GPU_PROGRAMS_PER_SM * _sm_count(index)
+        min_chunk = _GPU_MIN_CHUNK_BLOCKS * block
+    else:
+        target = _INTERP_PROGRAMS
+        min_chunk = _INTERP_MIN_CHUNK_BLOCKS * block
+    nchunks = max(1, min(triton.cdiv(target, B), triton.cdiv(N, min_chunk), _MAX_GRID_Y))
+    chunk = triton.cdiv(triton.cdiv(N, nchunks), block) * block
+    nchunks = triton.cdiv(N, chunk)  # every chunk non-empty
+    return block, chunk, nchunks, num_warps
+
+
+def _fin_grid(B: int):
+    block_r = min(_FIN_MAX_BLOCK_R, max(16, _next_pow2(B)))
+    return block_r, (triton.cdiv(B, block_r),)
+
+
+def _check_rows(fn: str, **rows: torch.Tensor):
+    """Row tensors: 2-D, contiguous, same shape/dtype/device, supported float dtype, B >= 1."""
+    first_name, first = next(iter(rows.items()))
+    for name, t in rows.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{fn}: {name} must be 2-D (B, N), got shape {tuple(t.shape)}")
+        if t.dtype not in _DTYPES:
+            raise ValueError(f"{fn}: {name} has dtype {t.dtype}; expected float64, float32, float16 or bfloat16")
+        if t.shape != first.shape:
+            raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
+        if t.dtype != first.dtype:
+            raise ValueError(f"{fn}: {name} has dtype {t.dtype} but {first_name} has {first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but {first_name} is on {first.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{fn}: {name} must be contiguous (row-major (B, N))")
+    if first.shape[0] < 1:
+        raise ValueError(f"{fn}: B = {first.shape[0]}; need at least one row")
+    if first.device.type == "cpu" and not _INTERPRETED:
+        raise ValueError(f"{fn}: CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1 before "
+                         f"importing triton); otherwise pass GPU tensors")
+    return first
+
+
+def _check_vec(fn: str, name: str, t: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype):
+    """Per-sample tensors: 1-D, contiguous, length B, given dtype, rows' device."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    B = ref.shape[0]
+    if t.dim() != 1 or t.shape[0] != B:
+        raise ValueError(f"{fn}: {name} must have shape ({B},), got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise ValueError(f"{fn}: {name} has dtype {t.dtype}; expected {dtype} for {ref.dtype} rows")
+    if t.device != ref.device:
+        raise ValueError(f"{fn}: {name} is on {t.device} but the rows are on {ref.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{fn}: {name} must be contiguous")
+
+
+def _params(fn: str, target, one_sided, weight, inv_scale):
+    """Validate the penalty scalars; return (t, w, s) as Python floats (fp64 kernel arguments) and one_sided."""
+    vals = {}
+    for name, v in (("target", target), ("weight", weight), ("inv_scale", inv_scale)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ValueError(f"{fn}: {name} must be a real number, got {type(v).__name__}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"{fn}: {name} must be finite, got {v}")
+        vals[name] = v
+    if vals["target"] < 0:
+        raise ValueError(f"{fn}: target must be >= 0, got {vals['target']}")
+    if vals["weight"] < 0:
+        raise ValueError(f"{fn}: weight must be >= 0, got {vals['weight']}")
+    if not vals["inv_scale"] > 0:
+        raise ValueError(f"{fn}: inv_scale must be > 0, got {vals['inv_scale']}")
+    if not isinstance(one_sided, (bool, int)):
+        raise ValueError(f"{fn}: one_sided must be a bool, got {type(one_sided).__name__}")
+    return (vals["target"], vals["weight"], vals["inv_scale"]), bool(one_sided)
+
+
+def _launch_axpby(x, a, out, y=None, b=None, b_is_one_minus_a=False):
+    B, N = x.shape
+    block, chunk, nchunks, num_warps = _plan(B, N, x.device)
+    if nchunks == 0:
+        return
+    has_y = y is not None
+    _rows_axpby_kernel[(B, nchunks)](
+        x, y if has_y else x, a, b if b is not None else a, out, N, chunk,
+        HAS_Y=has_y, B_IS_ONE_MINUS_A=b_is_one_minus_a, ACC=_tl_acc(x.dtype), BLOCK=block,
+        EMULATE_BF16_RNE=_EMULATE_BF16_RNE, num_warps=num_warps)
+
+
+def _launch_reduce(mode, nparts, x, y=None, z=None, alpha=None, out_y=None, out_z=None):
+    """Run _row_reduce_kernel; return (partials [nparts, B, nchunks], nchunks)."""
+    B, N = x.shape
+    block, chunk, nchunks, num_warps = _plan(B, N, x.device)
+    part = torch.empty((nparts, B, max(nchunks, 1)), dtype=_acc_dtype(x.dtype), device=x.device)
+    if nchunks > 0:
+        _row_reduce_kernel[(B, nchunks)](
+            x, y if y is not None else x, z if z is not None else x, alpha if alpha is not None else x,
+            out_y if out_y is not None else x, out_z if out_z is not None else x,
+            part, N, chunk, nchunks, B * nchunks,
+            MODE=mode, ACC=_tl_acc(x.dtype), BLOCK=block, EMULATE_BF16_RNE=_EMULATE_BF16_RNE,
+            num_warps=num_warps)
+    return part, nchunks
+
+
+def _launch_finalize(mode, B, part, nchunks, params, one_sided, acc, norms=None, gout=None, out0=None, out1=None,
+                     out2=None):
+    block_r, grid = _fin_grid(B)
+    dummy = part
+    t, w, s = params if params is not None else (0.0, 0.0, 1.0)
+    _rows_finalize_kernel[grid](
+        part, t, w, s, norms if norms is not None else dummy,
+        gout if gout is not None else dummy, out0, out1 if out1 is not None else dummy,
+        out2 if out2 is not None else dummy, B, nchunks, B * max(nchunks, 1),
+        MODE=mode, ONE_SIDED=one_sided, ACC=acc, BLOCK_R=block_r, EMULATE_BF16_RNE=_EMULATE_BF16_RNE,
+        num_warps=4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------------------
+
+
+def interp(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """out_i = alpha_i * real_i + (1 - alpha_i) * fake_i, computed in the acc dtype, stored in the rows' dtype.
+
+    real, fake: (B, N) rows; alpha: (B,) in the rows' dtype.
+    """
+    _check_rows("interp", real=real, fake=fake)
+    _check_vec("interp", "alpha", alpha, real, real.dtype)
+    out = torch.empty_like(real)
+    _launch_axpby(real, alpha, out, y=fake, b_is_one_minus_a=True)
+    return out
+
+
+def interp_backward(grad: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor):
+    """(g_real, g_fake, g_alpha) of interp for an incoming grad, in one pass over the rows.
+
+    g_real = alpha_i * grad_i, g_fake = (1 - alpha_i) * grad_i (rows' dtype, (B, N));
+    g_alpha_i = <real_i - fake_i, grad_i> summed in the acc dtype, returned in the rows' dtype, (B,).
+    """
+    _check_rows("interp_backward", grad=grad, real=real, fake=fake)
+    _check_vec("interp_backward", "alpha", alpha, grad, grad.dtype)
+    B = grad.shape[0]
+    g_real = torch.empty_like(grad)
+    g_fake = torch.empty_like(grad)
+    g_alpha = torch.empty((B,), dtype=grad.dtype, device=grad.device)
+    part, nchunks = _launch_reduce(_RED_INTERP, 1, grad, y=real, z=fake, alpha=alpha, out_y=g_real, out_z=g_fake)
+    _launch_finalize(_FIN_ALPHA, B, part, nchunks, None, False, _tl_acc(grad.dtype), out0=g_alpha)
+    return g_real, g_fake, g_alpha
+
+
+def penalty_forward(grads: torch.Tensor, target: float, one_sided: bool, weight: float, inv_scale: float):
+    """(values, norms), both (B,) in the acc dtype: norms_i = s ||g_i||, values_i = w d_i^2."""
+    fn = "penalty_forward"
+    _check_rows(fn, grads=grads)
+    params, one_sided = _params(fn, target, one_sided, weight, inv_scale)
+    B = grads.shape[0]
+    acc = _acc_dtype(grads.dtype)
+    values = torch.empty((B,), dtype=acc, device=grads.device)
+    norms = torch.empty((B,), dtype=acc, device=grads.device)
+    part, nchunks = _launch_reduce(_RED_SUMSQ, 1, grads)
+    _launch_finalize(_FIN_FORWARD, B, part, nchunks, params, one_sided, _tl_acc(grads.dtype), norms=norms,
+                     out0=values)
+    return values, norms
+
+
+def penalty_backward(gout: torch.Tensor, grads: torch.Tensor, norms: torch.Tensor, target: float, one_sided: bool,
+                     weight: float, inv_scale: float) -> torch.Tensor:
+    """dgrads_i = gout_i * c_i * g_i with c_i = row_grad_coef(norms_i); rows' dtype.
+
+    gout, norms: (B,) in the acc dtype (norms as returned by penalty_forward).
+    """
+    fn = "penalty_backward"
+    _check_rows(fn, grads=grads)
+    acc = _acc_dtype(grads.dtype)
+    _check_vec(fn, "gout", gout, grads, acc)
+    _check_vec(fn, "norms", norms, grads, acc)
+    params, one_sided = _params(fn, target, one_sided, weight, inv_scale)
+    B = grads.shape[0]
+    coef = torch.empty((B,), dtype=acc, device=grads.device)
+    _launch_finalize(_FIN_BACKWARD, B, coef, 0, params, one_sided, _tl_acc(grads.dtype), norms=norms, gout=gout,
+                     out0=coef)
+    dgrads = torch.empty_like(grads)
+    _launch_axpby(grads, coef, dgrads)
+    return dgrads
+
+
+def penalty_double_backward(v: torch.Tensor, gout: torch.Tensor, grads: torch.Tensor, target: float,
+                            one_sided: bool, weight: float, inv_scale: float):
+    """(d_gout, d_grads) of penalty_backward against an incoming v (shape of grads).
+
+    dot_i = <g_i, v_i> and n_i = s ||g_i|| in one pass; d_gout_i = c_i dot_i ((B,), acc dtype);
+    d_grads_i = gout_i (c_i v_i + k_i dot_i g_i), computed as a_i v_i + b_i g_i with a_i = gout_i c_i and
+    b_i = gout_i k_i dot_i (rows' dtype).
+    """
+    fn = "penalty_double_backward"
+    _check_rows(fn, v=v, grads=grads)
+    acc = _acc_dtype(grads.dtype)
+    _check_vec(fn, "gout", gout, grads, acc)
+    params, one_sided = _params(fn, target, one_sided, weight, inv_scale)
+    B = grads.shape[0]
+    part, nchunks = _launch_reduce(_RED_SUMSQ_DOT, 2, grads, y=v)
+    coef_v = torch.empty((B,), dtype=acc, device=grads.device)  # a_i = gout_i c_i
+    coef_g = torch.empty((B,), dtype=acc, device=grads.device)  # b_i = gout_i k_i dot_i
+    d_gout = torch.empty((B,), dtype=acc, device=grads.device)  # c_i dot_i
+    _launch_finalize(_FIN_DOUBLE, B, part, nchunks, params, one_sided, _tl_acc(grads.dtype), gout=gout,
+                     out0=coef_v, out1=coef_g, out2=d_gout)
+    d_grads = torch.empty_like(grads)
+    _launch_axpby(v, coef_v, d_grads, y=grads, b=coef_g)
+    return d_gout, d_grads

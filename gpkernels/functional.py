@@ -1,0 +1,112 @@
+"""Public functions: validation, backend choice, then the registered op of that backend (or the reference).
+
+    public function -> backends.select -> torch.ops.gpkernels[_triton].<op> -> kernel
+"""
+
+import torch
+
+from . import _checks, backends, reference
+from .ops import NATIVE, TRITON
+
+_NAMESPACE = {"cpu": NATIVE, "cuda": NATIVE, "triton": TRITON}
+
+
+def _ops(backend):
+    return getattr(torch.ops, _NAMESPACE[backend])
+
+
+def interpolate(real, fake, alpha=None, *, generator=None, backend=None):
+    """Points on the lines between real and fake samples, one mixing weight per sample (WGAN-GP's x-hat).
+
+        x_i = alpha_i * real_i + (1 - alpha_i) * fake_i
+
+    Args:
+        real: (B, *) float32/float64/float16/bfloat16, any layout (contiguous, channels_last, strided).
+        fake: (B, *) same shape, dtype and device as real.
+        alpha: (B,) or (B, 1, ..., 1) floating tensor on the same device, cast to real's dtype.
+            None draws alpha ~ U[0, 1), one per sample, from `generator` (or torch's default generator).
+        generator: a torch.Generator on real's device, used only when alpha is None.
+        backend: None (the current default, see gpkernels.use_backend), "auto", "reference", "cpu",
+            "cuda" or "triton".
+
+    Returns:
+        (B, *) tensor of real's dtype; real's layout when each of its samples is one contiguous block
+        (contiguous, channels_last), else contiguous. Differentiable w.r.t. real, fake and alpha
+        (twice and beyond).
+    """
+    where = "gpkernels.interpolate"
+    _checks.samples(where, "real", real)
+    _checks.same_as(where, "fake", fake, "real", real)
+    B = real.shape[0]
+    if alpha is None:
+        draw = torch.float64 if real.dtype == torch.float64 else torch.float32
+        alpha = torch.rand(B, generator=generator, device=real.device, dtype=draw).to(real.dtype)
+    else:
+        if not isinstance(alpha, torch.Tensor):
+            raise TypeError(f"{where}: alpha must be a torch.Tensor or None, got {type(alpha).__name__}")
+        if not alpha.is_floating_point():
+            raise TypeError(f"{where}: alpha must be a floating tensor, got {alpha.dtype}")
+        if alpha.dim() < 1 or alpha.shape[0] != B or alpha.numel() != B:
+            raise ValueError(f"{where}: alpha must have shape ({B},) or ({B}, 1, ..., 1) (one weight per "
+                             f"sample), got {tuple(alpha.shape)}")
+        if alpha.device != real.device:
+            raise ValueError(f"{where}: alpha is on {alpha.device} but real is on {real.device}")
+        alpha = alpha.reshape(B).to(real.dtype)
+    name = backends.select(where, backend, real.device)
+    if name == "reference":
+        return reference.interpolate(real, fake, alpha)
+    return _ops(name).interp(real, fake, alpha)
+
+
+def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, reduction="mean", inv_scale=None,
+            return_norms=False, backend=None):
+    """The gradient penalty of per-sample gradients, norm over all non-batch dims.
+
+        n_i = inv_scale * ||grads_i||          (all non-batch dims of sample i)
+        d_i = n_i - target                     (one_sided: max(0, n_i - target))
+        loss = weight * reduce_i(d_i^2)        (reduce: mean, sum, or none)
+
+    target=1 is WGAN-GP (Gulrajani et al. 2017), one_sided=True with target=1 is WGAN-LP, target=0 the
+    zero-centred R1/R2 form. With AMP, pass the critic's gradient of the *scaled* output and
+    inv_scale = 1 / scaler.get_scale(): the unscale happens inside the kernel.
+
+    Args:
+        grads: (B, *) float32/float64/float16/bfloat16, e.g. autograd.grad(D(x).sum(), x, create_graph=True).
+        target: float >= 0.  one_sided: bool.  weight: float >= 0 (lambda; 10 in the paper).
+        reduction: "mean" | "sum" | "none".
+        inv_scale: None (1), or a float / one-element tensor > 0 (a tensor is read on the host).
+        return_norms: also return the per-sample norms n_i, detached, for logging.
+        backend: None, "auto", "reference", "cpu", "cuda" or "triton".
+
+    Returns:
+        loss: () for mean/sum, (B,) for none; float32 for float32/float16/bfloat16 grads, float64 for
+        float64. Differentiable twice w.r.t. grads (so it trains the critic through a double backward).
+        norms: (B,) same dtype, detached; only with return_norms=True.
+    """
+    where = "gpkernels.penalty"
+    _checks.samples(where, "grads", grads)
+    target = _checks.finite_number(where, "target", target)
+    weight = _checks.finite_number(where, "weight", weight)
+    if not isinstance(one_sided, bool):
+        raise TypeError(f"{where}: one_sided must be a bool, got {type(one_sided).__name__}")
+    _checks.reduction(where, reduction)
+    if inv_scale is None:
+        inv_scale = 1.0
+    elif isinstance(inv_scale, torch.Tensor):
+        if inv_scale.numel() != 1:
+            raise ValueError(f"{where}: inv_scale must be a number or a one-element tensor, got shape "
+                             f"{tuple(inv_scale.shape)}")
+        inv_scale = inv_scale.item()
+    inv_scale = _checks.finite_number(where, "inv_scale", inv_scale, strict=True)
+    name = backends.select(where, backend, grads.device)
+    if name == "reference":
+        values, norms = reference.penalty_terms(grads, target, one_sided, weight, inv_scale)
+    else:
+        values, norms = _ops(name).penalty_forward(grads, target, one_sided, weight, inv_scale)
+    if reduction == "mean":
+        loss = values.mean()
+    elif reduction == "sum":
+        loss = values.sum()
+    else:
+        loss = values
+    return (loss, norms.detach()) if return_norms else loss

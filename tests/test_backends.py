@@ -1,0 +1,114 @@
+"""Backend choice: auto order, the context manager, GPKERNELS_BACKEND, warn-once fallback, and import with
+no extension."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import gpkernels
+from gpkernels import _ext, backends
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_auto_prefers_the_compiled_cpu_kernels(monkeypatch):
+    if not _ext.LOADED:
+        pytest.skip("extension not loaded")
+    calls = []
+    real_select = backends.select
+    monkeypatch.setattr(gpkernels.functional.backends, "select",
+                        lambda *a: calls.append(real_select(*a)) or calls[-1])
+    gpkernels.penalty(torch.randn(3, 4))
+    assert calls == ["cpu"]
+
+
+def test_use_backend_context_and_explicit_argument(monkeypatch):
+    seen = []
+    real_select = backends.select
+    monkeypatch.setattr(gpkernels.functional.backends, "select", lambda *a: seen.append(real_select(*a)) or seen[-1])
+    g = torch.randn(3, 4)
+    with gpkernels.use_backend("reference"):
+        assert gpkernels.current_backend() == "reference"
+        gpkernels.penalty(g)
+        with gpkernels.use_backend("auto"):
+            gpkernels.penalty(g)
+        gpkernels.penalty(g, backend="triton")
+    assert gpkernels.current_backend() == "auto"
+    expected_auto = "cpu" if _ext.LOADED else "reference"
+    assert seen == ["reference", expected_auto, "triton"]
+    with pytest.raises(ValueError, match="unknown backend"):
+        with gpkernels.use_backend("fast"):
+            pass
+
+
+def test_auto_fallback_warns_once_and_says_why(monkeypatch):
+    monkeypatch.setattr(_ext, "LOADED", False)
+    monkeypatch.setattr(_ext, "LOAD_ERROR", "ImportError: simulated")
+    monkeypatch.setattr(backends, "_warned", set())
+    g = torch.randn(3, 4)
+    with pytest.warns(RuntimeWarning, match="use the 'reference' backend because 'cpu' is unavailable .*simulated"):
+        loss = gpkernels.penalty(g)
+    torch.testing.assert_close(loss, (g.norm(dim=1) - 1).pow(2).mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpkernels.penalty(g)  # second time: silent
+    with pytest.raises(RuntimeError, match="backend 'cpu' cannot run cpu tensors: the compiled extension is not "
+                                           "loaded"):
+        gpkernels.penalty(g, backend="cpu")
+
+
+def test_available_backends_and_report():
+    names = gpkernels.available_backends("cpu")
+    assert "reference" in names and "triton" in names  # the suite runs under TRITON_INTERPRET=1
+    assert ("cpu" in names) == _ext.LOADED
+    assert "cuda" not in names
+    report = gpkernels.backend_report()
+    assert set(report) == set(backends.NAMES)
+    assert report["reference"][0] is True
+
+
+def _run(code, **env):
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_environment_variable_sets_the_default():
+    out = _run("import gpkernels; print(gpkernels.current_backend())", GPKERNELS_BACKEND="reference")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "reference"
+    bad = _run("import gpkernels", GPKERNELS_BACKEND="nope")
+    assert bad.returncode != 0 and "GPKERNELS_BACKEND: unknown backend 'nope'" in bad.stderr
+
+
+def test_import_without_the_extension_warns_and_works():
+    code = ("import sys; sys.modules['gpkernels._C'] = None\n"
+            "import warnings; warnings.simplefilter('always')\n"
+            "import torch, gpkernels\n"
+            "g = torch.ones(2, 4)\n"
+            "print(gpkernels.penalty(g).item(), gpkernels.available_backends('cpu'))\n")
+    out = _run(code, TRITON_INTERPRET="0")
+    assert out.returncode == 0, out.stderr
+    assert "could not be loaded" in out.stderr
+    assert out.stdout.split()[0] == "1.0"  # (||g|| - 1)^2 = (2 - 1)^2
+    assert "['reference']" in out.stdout
+
+
+def test_info_command_reports_every_backend():
+    out = _run("from gpkernels.__main__ import main; main(['info'])")
+    assert out.returncode == 0, out.stderr
+    for word in ("torch", "triton", "extension", "reference", "cpu", "cuda"):
+        assert word in out.stdout
+    if _ext.LOADED:
+        assert "extension      loaded" in out.stdout
+
+
+@pytest.mark.skipif(os.environ.get("GPKERNELS_EXPECT_CUDA_BUILD") != "1",
+                    reason="set GPKERNELS_EXPECT_CUDA_BUILD=1 where the build must include the CUDA kernels")
+def test_the_build_compiled_the_cuda_kernels():
+    assert _ext.LOADED, _ext.LOAD_ERROR
+    assert _ext.WITH_CUDA, "nvcc and a CUDA torch are present but the extension has no CUDA kernels"
+    assert "800" in _ext.CUDA_ARCHS or "80" in _ext.CUDA_ARCHS or os.environ.get("TORCH_CUDA_ARCH_LIST")
