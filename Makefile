@@ -34,7 +34,7 @@ demo: build
 	$(VPY) -m gpkernels demo
 
 test: build
-	GPKERNELS_EXPECT_CUDA_BUILD=$(EXPECT_CUDA_BUILD) TRITON_INTERPRET=1 $(VPY) -m pytest -q tests
+	GPKERNELS_EXPECT_CUDA_BUILD=$(EXPECT_CUDA_BUILD) $(VPY) -m pytest -q tests
 
 bench: build
 	$(VPY) benchmarks/bench_head.py --quick --threads 1

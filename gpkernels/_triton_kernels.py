@@ -31,6 +31,11 @@ Kernels (all reused across the public functions):
     penalty_double_backward (a = gout*c on v, b = gout*k*dot on g).
 
 Offsets are int64 (B*N may exceed 2**31). Launches with an empty grid (N == 0) are skipped.
+The penalty scalars reach the finalize kernel as fp64 arguments (annotated ``tl.float64``: an unannotated
+Python float is an fp32 argument in compiled Triton, and a raw Python float under the interpreter) and are
+rounded to ACC there, as the C++ kernels convert PenaltyScalars; no host-to-device copy per call.
+Compiled for NVIDIA, LLVM contracts mul+add into FMA (e.g. a*x + b*y, s*sqrt(.) - t), so GPU results are
+not bitwise those of the C++ CPU kernels; the interpreter rounds every operation separately, like them.
 
 Triton interpreter note (TRITON_INTERPRET=1, triton 3.8): its float32 -> bfloat16 cast truncates toward
 zero instead of rounding to nearest-even (``interpreter.py``: ``cast_impl`` calls ``_convert_float`` with

@@ -1,12 +1,14 @@
-"""Shared fixtures. Triton's interpreter must be on before triton is first imported, so that the Triton
-kernels run on CPU tensors in the normal suite."""
+"""Shared fixtures. Without a GPU, Triton's interpreter is switched on before triton is first imported, so
+that the Triton kernels run on CPU tensors in the normal suite; with a GPU they run compiled."""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import gpkernels  # noqa: E402
 
