@@ -96,7 +96,7 @@ def extensions():
         _say(f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(the visible GPUs)')}")
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = ["csrc/ops.cpp", "csrc/cpu/kernels.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu/kernels.cpp"]
     cxx = ["-O3"]
     if not use_cuda:
         return [CppExtension("gpkernels._C", sources, extra_compile_args={"cxx": cxx})]

@@ -1,7 +1,7 @@
 // Op schemas of gpkernels, their device-independent wrappers (validation, memory layout, allocation) and
 // their registration for the CPU and CUDA dispatch keys. The kernels themselves live in cpu/ and cuda/.
-// Autograd and fake-tensor registrations are made from Python (gpkernels/ops/), which also registers the
-// same schemas for the Triton backend.
+// Their autograd is in csrc/autograd.cpp; fake-tensor registrations are made from Python (gpkernels/ops/),
+// which also defines the same schemas for the Triton backend.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/extension.h>

@@ -1,6 +1,7 @@
-"""The interpolation op x = alpha_i * real + (1 - alpha_i) * fake: Triton op definition, fake (meta)
-implementations and autograd, registered for the compiled ops (torch.ops.gpkernels, csrc/ops.cpp) and the
-Triton ops (torch.ops.gpkernels_triton) alike. Reference: gpkernels.reference.interpolate.
+"""The interpolation op x = alpha_i * real + (1 - alpha_i) * fake: Triton op definitions, fake (meta)
+implementations for the compiled ops (torch.ops.gpkernels, csrc/ops.cpp) and the Triton ops
+(torch.ops.gpkernels_triton), and the Triton ops' autograd (the compiled ops carry the same derivatives in
+C++, csrc/autograd.cpp). Reference: gpkernels.reference.interpolate.
 
 Derivatives (gx: the gradient reaching x):
     d/dreal = alpha_i * gx,  d/dfake = (1 - alpha_i) * gx,  d/dalpha_i = <real_i - fake_i, gx_i>
@@ -84,12 +85,13 @@ def _autograd(ops):
     return interp_vjp, interp_backward_vjp
 
 
-def register(namespace):
-    """Fake implementations and autograd for the interp ops of `namespace`."""
-    ops = getattr(torch.ops, namespace)
-    interp_vjp, interp_backward_vjp = _autograd(ops)
+def register(namespace, autograd):
+    """Fake implementations (and, with autograd=True, Python autograd) for the interp ops of `namespace`."""
     torch.library.register_fake(f"{namespace}::interp", _fake_interp)
     torch.library.register_fake(f"{namespace}::interp_backward", _fake_interp_backward)
+    if not autograd:
+        return
+    interp_vjp, interp_backward_vjp = _autograd(getattr(torch.ops, namespace))
     torch.library.register_autograd(f"{namespace}::interp", interp_vjp, setup_context=_setup_interp)
     torch.library.register_autograd(f"{namespace}::interp_backward", interp_backward_vjp,
                                     setup_context=_setup_interp_backward)

@@ -1,6 +1,7 @@
-"""The gradient-penalty ops: Triton op definitions, fake (meta) implementations and autograd, registered
-for the compiled ops (torch.ops.gpkernels, csrc/ops.cpp) and the Triton ops (torch.ops.gpkernels_triton)
-alike. Reference: gpkernels.reference.penalty_terms.
+"""The gradient-penalty ops: Triton op definitions, fake (meta) implementations for the compiled ops
+(torch.ops.gpkernels, csrc/ops.cpp) and the Triton ops (torch.ops.gpkernels_triton), and the Triton ops'
+autograd (the compiled ops carry the same derivatives in C++, csrc/autograd.cpp).
+Reference: gpkernels.reference.penalty_terms.
 
 Per sample i (g_i flattened, s = inv_scale, t = target, w = weight; csrc/common/penalty_math.h):
     penalty_forward:          norms_i = s ||g_i||, values_i = w d_i^2, d_i = norms_i - t (one-sided: max(0, .))
@@ -119,13 +120,14 @@ def _autograd(ops):
     return forward_vjp, backward_vjp
 
 
-def register(namespace):
-    """Fake implementations and autograd for the penalty ops of `namespace`."""
-    ops = getattr(torch.ops, namespace)
-    forward_vjp, backward_vjp = _autograd(ops)
+def register(namespace, autograd):
+    """Fake implementations (and, with autograd=True, Python autograd) for the penalty ops of `namespace`."""
     torch.library.register_fake(f"{namespace}::penalty_forward", _fake_forward)
     torch.library.register_fake(f"{namespace}::penalty_backward", _fake_backward)
     torch.library.register_fake(f"{namespace}::penalty_double_backward", _fake_double_backward)
+    if not autograd:
+        return
+    forward_vjp, backward_vjp = _autograd(getattr(torch.ops, namespace))
     torch.library.register_autograd(f"{namespace}::penalty_forward", forward_vjp, setup_context=_setup_forward)
     torch.library.register_autograd(f"{namespace}::penalty_backward", backward_vjp, setup_context=_setup_backward)
     torch.library.register_autograd(f"{namespace}::penalty_double_backward", _third_order,
