@@ -2,6 +2,7 @@
 the argument and what was expected."""
 
 import math
+import numbers
 
 import torch
 
@@ -49,7 +50,7 @@ def per_sample(where, name, t, ref, dtype=None):
 
 def finite_number(where, name, value, *, minimum=0.0, strict=False):
     """A real number >= minimum (> minimum when strict); returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{where}: {name} must be a number, got {type(value).__name__}")
     value = float(value)
     ok = math.isfinite(value) and (value > minimum if strict else value >= minimum)

@@ -9,6 +9,7 @@ thread, then the environment variable GPKERNELS_BACKEND (read at import), then "
 import contextlib
 import importlib.util
 import os
+import sys
 import threading
 import warnings
 
@@ -36,7 +37,11 @@ _check_name(_ENV_DEFAULT, "GPKERNELS_BACKEND")
 
 
 def triton_interpreted():
-    """Whether Triton kernels run on the CPU (TRITON_INTERPRET=1 when gpkernels' Triton kernels load)."""
+    """Whether gpkernels' Triton kernels run on the CPU: they were loaded under TRITON_INTERPRET=1, or, not
+    loaded yet, will be (triton reads the variable when the kernels are defined)."""
+    loaded = sys.modules.get("gpkernels._triton_kernels")
+    if loaded is not None:
+        return loaded._INTERPRETED
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

@@ -51,7 +51,10 @@ def interpolate(real, fake, alpha=None, *, generator=None, backend=None):
                              f"sample), got {tuple(alpha.shape)}")
         if alpha.device != real.device:
             raise ValueError(f"{where}: alpha is on {alpha.device} but real is on {real.device}")
-        alpha = alpha.reshape(B).to(real.dtype)
+        if alpha.dim() != 1:
+            alpha = alpha.reshape(B)
+        if alpha.dtype != real.dtype:
+            alpha = alpha.to(real.dtype)
     name = backends.select(where, backend, real.device)
     if name == "reference":
         return reference.interpolate(real, fake, alpha)

@@ -111,4 +111,4 @@ def test_info_command_reports_every_backend():
 def test_the_build_compiled_the_cuda_kernels():
     assert _ext.LOADED, _ext.LOAD_ERROR
     assert _ext.WITH_CUDA, "nvcc and a CUDA torch are present but the extension has no CUDA kernels"
-    assert "800" in _ext.CUDA_ARCHS or "80" in _ext.CUDA_ARCHS or os.environ.get("TORCH_CUDA_ARCH_LIST")
+    assert _ext.CUDA_ARCHS not in ("", "unknown"), "the build does not say which architectures it carries"

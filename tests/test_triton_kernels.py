@@ -1,25 +1,33 @@
 """gpkernels/_triton_kernels.py against float64 torch references, on CPU tensors under the Triton interpreter.
 
-TRITON_INTERPRET must be set before triton is imported (the @triton.jit decorator reads it), hence the first
-lines. The module is loaded from its file under a private name, so that it is decorated after the variable is
-set even if another test imported gpkernels (and triton) first, and so that this test needs neither the
-compiled extension nor the rest of the package.
+The @triton.jit decorator reads TRITON_INTERPRET when the module is executed, so the module is loaded from its
+file under a private name with the variable set for that moment only: its kernels are interpreted even if another
+test imported gpkernels (and triton) first, the variable does not leak into the rest of the session (on a GPU
+machine gpkernels' own Triton kernels stay compiled), and this test needs neither the compiled extension nor the
+rest of the package.
 """
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+import importlib.util
+import math
+import pathlib
 
-import importlib.util  # noqa: E402
-import math  # noqa: E402
-import pathlib  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "gpkernels" / "_triton_kernels.py"
 _spec = importlib.util.spec_from_file_location("_gpk_triton_kernels_under_test", _PATH)
 K = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(K)
+_previous = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    _spec.loader.exec_module(K)
+finally:
+    if _previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous
+assert K._INTERPRETED
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # Tolerance for results stored in the rows' dtype, and for results in the accumulation dtype.

@@ -7,9 +7,7 @@ A tensor is "batch-outer dense" when every sample occupies one contiguous block 
 
 import torch
 
-
-def accum_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ..reference import accum_dtype  # noqa: F401  (re-exported for the op modules)
 
 
 def batch_outer_dense(t):
