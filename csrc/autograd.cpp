@@ -76,8 +76,6 @@ Tensor per_sample_view(const Tensor& v, const Tensor& like) {
   return v.reshape(shape);
 }
 
-Tensor or_zeros(const Tensor& t, const Tensor& like) { return t.defined() ? t : at::zeros_like(like); }
-
 struct Interp : public torch::autograd::Function<Interp> {
   static Tensor forward(AutogradContext* ctx, const Tensor& real, const Tensor& fake, const Tensor& alpha) {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -105,7 +103,8 @@ struct InterpBackward : public torch::autograd::Function<InterpBackward> {
   static variable_list backward(AutogradContext* ctx, variable_list v) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &grad = saved[0], &real = saved[1], &fake = saved[2], &alpha = saved[3];
-    const Tensor v_real = or_zeros(v[0], grad), v_fake = or_zeros(v[1], grad), v_alpha = or_zeros(v[2], alpha);
+    // Gradients of unused outputs arrive as zeros (the Function's materialize_grads default).
+    const Tensor &v_real = v[0], &v_fake = v[1], &v_alpha = v[2];
     const Tensor va = per_sample_view(v_alpha, grad);
     const Tensor d_grad = interp_op().call(v_real, v_fake, alpha) + va * (real - fake);
     const Tensor d_real = va * grad;
