@@ -18,7 +18,7 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
 $(DEPS): $(VPY) Makefile
-	$(VPY) -m pip install --quiet "$(TORCH_SPEC)" ninja setuptools wheel pytest numpy expecttest
+	$(VPY) -m pip install --quiet "$(TORCH_SPEC)" ninja setuptools wheel pytest numpy expecttest matplotlib
 	touch $@
 
 $(EXT_STAMP): $(DEPS) $(SOURCES)
@@ -38,6 +38,7 @@ test: build
 
 bench: build
 	$(VPY) benchmarks/bench_head.py --quick --threads 1
+	$(VPY) benchmarks/bench_penalty.py --quick --threads 1
 
 clean:
 	rm -rf build gpkernels/_C*.so $(EXT_STAMP) *.egg-info

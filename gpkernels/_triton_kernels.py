@@ -11,7 +11,8 @@ The math (one sample i, g_i its gradient row; see csrc/common/penalty_math.h and
     value_i = w * d_i^2
   Backward, upstream gout_i of value_i:
     dvalue_i/dg_i = c_i * g_i,   c_i = 2 w s d_i (s / n_i)
-    c_i = 2 w s^2 where t == 0 (smooth there, even at g_i = 0); c_i = 0 where n_i == 0 (t > 0)
+    c_i = 2 w s^2 where t == 0 (smooth there, even at g_i = 0); c_i = 0 where n_i == 0 (t > 0);
+    a NaN/inf norm makes c_i NaN on purpose, so that GradScaler sees the overflow and skips the step
   Double backward of B(gout, g) = gout * c(g) * g against an incoming v:
     dB/dgout_i = c_i <g_i, v_i>
     dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),   k_i = 2 w t s (s / n_i)^3
@@ -106,8 +107,9 @@ def _row_value(norm, t, w, ONE_SIDED: tl.constexpr):
 
 @triton.jit
 def _row_grad_coef(norm, t, w, s, ONE_SIDED: tl.constexpr):
-    # c_i = 2 w s d_i (s / n_i); 2 w s^2 where t == 0; 0 where !(n_i > 0) (t > 0).
-    pos = norm > 0.0
+    # c_i = 2 w s d_i (s / n_i); 2 w s^2 where t == 0; 0 where n_i == 0 (t > 0). A NaN norm stays NaN so
+    # that GradScaler sees a non-finite inner gradient in the parameter gradients.
+    pos = norm != 0.0
     safe = tl.where(pos, norm, 1.0)  # keeps the discarded lanes finite
     d = _row_excess(norm, t, ONE_SIDED)
     c = 2.0 * w * s * d * _div(s, safe)
@@ -117,14 +119,15 @@ def _row_grad_coef(norm, t, w, s, ONE_SIDED: tl.constexpr):
 
 @triton.jit
 def _row_second_coef(norm, t, w, s, ONE_SIDED: tl.constexpr):
-    # k_i = 2 w t s r^3 with r = s / n_i; 0 where t == 0, where !(n_i > 0), and one-sided where !(n_i > t).
-    pos = norm > 0.0
+    # k_i = 2 w t s r^3 with r = s / n_i; 0 where t == 0, where n_i == 0, and one-sided where n_i <= t
+    # (NaN passes on, as in _row_grad_coef).
+    pos = norm != 0.0
     safe = tl.where(pos, norm, 1.0)
     r = _div(s, safe)
     k = 2.0 * w * t * s * r * r * r
     live = pos & (t != 0.0)
     if ONE_SIDED:
-        live = live & (norm > t)
+        live = live & ((norm > t) | (norm != norm))
     return tl.where(live, k, 0.0)
 
 

@@ -41,9 +41,10 @@ def penalty_terms(grads, target, one_sided, weight, inv_scale):
         values = weight * inv_scale**2 * sumsq
         norms = inv_scale * sumsq.sqrt()
         return values, norms.detach()
-    positive = sumsq > 0
-    # sqrt of a masked value so that the derivative at a zero gradient is 0, not NaN.
-    norms = torch.where(positive, torch.where(positive, sumsq, torch.ones_like(sumsq)).sqrt(),
+    # sqrt of a masked value so that the derivative at a zero gradient is 0, not NaN. The mask is
+    # "nonzero", not "positive", so a NaN sum of squares stays NaN (GradScaler must see it).
+    nonzero = sumsq != 0
+    norms = torch.where(nonzero, torch.where(nonzero, sumsq, torch.ones_like(sumsq)).sqrt(),
                         torch.zeros_like(sumsq)) * inv_scale
     d = norms - target
     if one_sided:

@@ -12,6 +12,8 @@
 // Backward, for an upstream gradient gout_i of value_i:
 //   dvalue_i/dg_i = c_i * g_i,   c_i = 2 w s d_i / ||g_i|| = 2 w s d_i (s / n_i)
 //   c_i = 0 where ||g_i|| = 0 (the gradient there is taken as 0, never NaN), or where d_i = 0;
+//   a NaN or infinite norm gives a NaN c_i on purpose: a non-finite inner gradient (fp16 overflow under
+//   AMP) must reach the parameter gradients so that GradScaler sees it and skips the step;
 //   with t = 0 the value is w s^2 ||g_i||^2, smooth everywhere, and c_i = 2 w s^2 exactly.
 //
 // Double backward: the backward B(gout, g) = gout * c(g) * g, differentiated against an incoming V:
@@ -86,7 +88,7 @@ template <typename acc_t>
 GPK_HD acc_t row_grad_coef(acc_t norm, const PenaltyParams<acc_t>& p) {
   const acc_t s = p.inv_scale;
   if (p.target == acc_t(0)) return acc_t(2) * p.weight * s * s;
-  if (!(norm > acc_t(0))) return acc_t(0);
+  if (norm == acc_t(0)) return acc_t(0);  // NaN passes on (see the header comment)
   const acc_t d = row_excess(norm, p);
   return acc_t(2) * p.weight * s * d * (s / norm);
 }
@@ -94,8 +96,8 @@ GPK_HD acc_t row_grad_coef(acc_t norm, const PenaltyParams<acc_t>& p) {
 // k_i: the part of the double backward that comes from c_i depending on g_i.
 template <typename acc_t>
 GPK_HD acc_t row_second_coef(acc_t norm, const PenaltyParams<acc_t>& p) {
-  if (p.target == acc_t(0) || !(norm > acc_t(0))) return acc_t(0);
-  if (p.one_sided && !(norm > p.target)) return acc_t(0);
+  if (p.target == acc_t(0) || norm == acc_t(0)) return acc_t(0);
+  if (p.one_sided && norm <= p.target) return acc_t(0);  // NaN passes on
   const acc_t s = p.inv_scale;
   const acc_t r = s / norm;  // 1 / ||g_i||
   return acc_t(2) * p.weight * p.target * s * r * r * r;

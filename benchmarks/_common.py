@@ -1,0 +1,133 @@
+"""Pieces shared by the benchmark scripts: timing, robust statistics, and the environment a result came from.
+
+Not a package module: the scripts run as `python benchmarks/<script>.py`, which puts this folder on
+sys.path, and import it as `_common`.
+"""
+
+import datetime
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+try:
+    import gpkernels
+except ImportError:  # run from a checkout without PYTHONPATH: use the repository's package
+    sys.path.insert(0, REPO)
+    import gpkernels
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+class Timer:
+    """Per-call seconds of `fn` run `inner` times back to back (perf_counter on CPU, CUDA events on GPU)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn, inner):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.start.record()
+            for _ in range(inner):
+                fn()
+            self.end.record()
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1e3 / inner
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) / inner
+
+
+def measure(fns, timer, repeats, min_sample_s, warmup):
+    """{name: sorted per-call seconds}, `repeats` samples each, taken round-robin over `fns`."""
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        once = min(timer(fn, 1) for _ in range(3))
+        inner[name] = max(1, math.ceil(min_sample_s / max(once, 1e-9)))
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(timer(fns[name], inner[name]))
+    return {name: sorted(s) for name, s in samples.items()}
+
+
+def quartiles(samples):
+    """(first quartile, median, third quartile) of `samples`."""
+    if len(samples) < 2:
+        return samples[0], samples[0], samples[0]
+    q1, q2, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, statistics.median(samples), q3
+
+
+def median_iqr(samples):
+    q1, med, q3 = quartiles(samples)
+    return med, q3 - q1
+
+
+# ----------------------------------------------------------------------------------------------- environment
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def slug(text):
+    text = re.sub(r"\((R|TM|tm|r)\)", "", text)
+    text = re.sub(r"\b(CPU|Processor|with Radeon.*|@.*)$", "", text.strip()).strip()
+    text = re.sub(r"\b\d+-Core\b", "", text)
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def machine_name(device, threads):
+    if device.type == "cuda":
+        return slug(torch.cuda.get_device_name(device))
+    return f"cpu-{slug(cpu_model())}-{threads}t"
+
+
+def git_commit():
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "uncommitted"
+
+
+def environment_lines(device, threads=None):
+    """Markdown bullet lines naming the device, CPU, thread count, versions, commit and date of a run.
+    `threads`: the text for the thread line; None reports torch.get_num_threads() now."""
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if threads is None:
+        threads = str(torch.get_num_threads())
+    return [
+        f"- device: {dev}",
+        f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)",
+        f"- torch threads: {threads}" + ("" if device.type == "cpu" else " (host side only)"),
+        f"- torch {torch.__version__}, gpkernels {gpkernels.__version__}, Python {platform.python_version()}",
+        f"- git commit: {git_commit()}",
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+    ]

@@ -1,0 +1,509 @@
+"""The gradient regularisers of a critic, one call each: WGAN-GP, WGAN-LP, R1, R2, DRAGAN, the
+finite-difference penalty, and `GradientPenalty`, a module holding one configuration (with lazy
+regularisation).
+
+    gp = gpkernels.gradient_penalty(critic, real, fake)    # 10 * mean_i (||grad D(x_i)|| - 1)^2
+    (critic_loss + gp).backward()                           # trains the critic through a double backward
+
+Data path: validate -> draw the points (no autograd; the fused interpolation kernel) -> the critic ->
+autograd.grad(create_graph=True) for the inner gradient -> the fused penalty op (norm, unscale, penalty,
+and its two derivatives). The points are detached leaves: the penalty trains the critic only and never
+back-propagates into `real` or `fake` (so never into the generator), as in the paper.
+"""
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import nn
+
+from . import _activations, _checks, functional
+
+SAMPLES = ("interpolate", "real", "fake", "dragan")
+METHODS = ("gradient", "finite_difference")
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def _parts(where, name, x):
+    """A tensor or a tuple/list of tensors -> (list of tensors, the container type or None)."""
+    if isinstance(x, torch.Tensor):
+        parts, kind = [x], None
+    elif isinstance(x, (tuple, list)):
+        if len(x) == 0:
+            raise ValueError(f"{where}: {name} is an empty {type(x).__name__}; give a tensor or a "
+                             f"non-empty tuple of tensors")
+        parts, kind = list(x), type(x)
+    else:
+        raise TypeError(f"{where}: {name} must be a tensor or a tuple/list of tensors, got {type(x).__name__}")
+    for j, p in enumerate(parts):
+        label = name if kind is None else f"{name}[{j}]"
+        _checks.samples(where, label, p)
+        if j:
+            first = f"{name}[0]"
+            if p.shape[0] != parts[0].shape[0]:
+                raise ValueError(f"{where}: {label} has batch size {p.shape[0]} but {first} has "
+                                 f"{parts[0].shape[0]}")
+            if p.device != parts[0].device:
+                raise ValueError(f"{where}: {label} is on {p.device} but {first} is on {parts[0].device}")
+            if p.dtype != parts[0].dtype:
+                raise TypeError(f"{where}: {label} is {p.dtype} but {first} is {parts[0].dtype}; the parts "
+                                f"of one input must share a dtype")
+    return parts, kind
+
+
+def _matching(where, real, real_kind, fake, fake_kind):
+    """fake mirrors real: same structure, and each part the same shape, dtype and device."""
+    if (real_kind is None) != (fake_kind is None) or len(fake) != len(real):
+        raise ValueError(f"{where}: real and fake must have the same structure (a tensor each, or tuples "
+                         f"of the same length); got {len(real)} part(s) and {len(fake)} part(s)")
+    for j, (r, f) in enumerate(zip(real, fake)):
+        suffix = "" if real_kind is None else f"[{j}]"
+        _checks.same_as(where, "fake" + suffix, f, "real" + suffix, r)
+
+
+def _flag(where, name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _batchnorm(where, critic, strict):
+    """Warn (or, strict, raise) when the critic holds BatchNorm: it couples the samples of a batch, so
+    the per-sample gradient the penalty constrains is not the gradient of a per-sample function."""
+    if not isinstance(critic, nn.Module):
+        return
+    found = [f"{name or '<critic>'} ({type(m).__name__})" for name, m in critic.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not found:
+        return
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    message = (f"{where}: the critic contains BatchNorm ({shown}). BatchNorm couples the samples of a batch, "
+               f"so the per-sample gradient norm the penalty constrains is not that of a per-sample critic "
+               f"(Gulrajani et al. 2017, sec. 4). Use LayerNorm, GroupNorm or InstanceNorm in the critic, "
+               f"or no normalisation.")
+    if strict:
+        raise ValueError(message + " (strict=True turns this warning into an error)")
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _critic_fn(where, critic):
+    if not torch.is_grad_enabled():
+        raise RuntimeError(f"{where}: autograd is disabled here (torch.no_grad() or inference_mode); the "
+                           f"penalty needs the critic's gradient, so call it with gradients enabled")
+    if not callable(critic):
+        raise TypeError(f"{where}: critic must be callable (an nn.Module or a function), got "
+                        f"{type(critic).__name__}")
+
+
+def _score(where, out, batch):
+    """The critic's output -> its (B,) score: a (B,), (B, 1) or (B, 1, ..., 1) tensor, or a tuple/list
+    whose first element is one."""
+    if isinstance(out, (tuple, list)):
+        if not out:
+            raise ValueError(f"{where}: the critic returned an empty {type(out).__name__}")
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{where}: the critic must return a tensor of scores (or a tuple whose first element "
+                        f"is one), got {type(out).__name__}")
+    if not out.is_floating_point():
+        raise TypeError(f"{where}: the critic's score must be a floating tensor, got {out.dtype}")
+    if out.dim() == 0 or out.shape[0] != batch or out.numel() != batch:
+        hint = " (did the critic already reduce over the batch?)" if out.dim() == 0 else ""
+        raise ValueError(f"{where}: the critic must return one score per sample, shape ({batch},) or "
+                         f"({batch}, 1); got {tuple(out.shape)}{hint}")
+    return out.reshape(batch)
+
+
+def _no_dependence(where):
+    return RuntimeError(f"{where}: the critic's score does not depend on its input (autograd found no "
+                        f"gradient), so there is nothing to penalise. Does the critic detach its input, run "
+                        f"under torch.no_grad(), or ignore it?")
+
+
+def _draw_alpha(batch, parts, generator):
+    like = parts[0]
+    draw = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.rand(batch, generator=generator, device=like.device, dtype=draw)
+
+
+def _call(critic, points, kind, critic_args, critic_kwargs, fast_relu=False):
+    inp = points[0] if kind is None else kind(points)
+    if fast_relu and _activations.usable(critic):
+        with _activations.RoutePiecewiseLinear():
+            return critic(inp, *critic_args, **critic_kwargs)
+    return critic(inp, *critic_args, **critic_kwargs)
+
+
+# ---------------------------------------------------------------------------------------- the penalty
+
+def _gradient_penalty(where, critic, real, fake, critic_args, critic_kwargs, *, weight, target, one_sided,
+                      sample, alpha, generator, dragan_scale, scaler, return_norms, strict, backend,
+                      fast_relu=True):
+    _critic_fn(where, critic)
+    weight = _checks.finite_number(where, "weight", weight)
+    target = _checks.finite_number(where, "target", target)
+    _flag(where, "one_sided", one_sided)
+    _flag(where, "return_norms", return_norms)
+    _flag(where, "strict", strict)
+    _flag(where, "fast_relu", fast_relu)
+    if sample not in SAMPLES:
+        raise ValueError(f"{where}: sample must be one of {', '.join(SAMPLES)}; got {sample!r}")
+    if sample == "dragan":
+        dragan_scale = _checks.finite_number(where, "dragan_scale", dragan_scale, strict=True)
+    if alpha is not None and sample in ("real", "fake"):
+        raise ValueError(f"{where}: alpha is used only with sample='interpolate' or 'dragan', not {sample!r}")
+
+    need_real, need_fake = sample != "fake", sample == "interpolate"
+    r_parts = r_kind = f_parts = f_kind = None
+    if real is not None:
+        r_parts, r_kind = _parts(where, "real", real)
+    elif need_real:
+        raise ValueError(f"{where}: real is required for sample={sample!r}")
+    if fake is not None:
+        f_parts, f_kind = _parts(where, "fake", fake)
+    elif need_fake or sample == "fake":
+        raise ValueError(f"{where}: fake is required for sample={sample!r}")
+    if r_parts is not None and f_parts is not None:
+        _matching(where, r_parts, r_kind, f_parts, f_kind)
+    base, kind = (f_parts, f_kind) if sample == "fake" else (r_parts, r_kind)
+    batch = base[0].shape[0]
+    _batchnorm(where, critic, strict)
+
+    # The points, as fresh leaves: no autograd history into real/fake, and the caller's tensors untouched.
+    with torch.no_grad():
+        if sample == "interpolate":
+            a = _draw_alpha(batch, base, generator) if alpha is None else alpha
+            points = [functional.interpolate(r, f, a, backend=backend) for r, f in zip(r_parts, f_parts)]
+        elif sample == "dragan":
+            a = _draw_alpha(batch, base, generator) if alpha is None else alpha
+            points = []
+            for r in r_parts:
+                draw = torch.float64 if r.dtype == torch.float64 else torch.float32
+                u = torch.rand(r.shape, generator=generator, device=r.device, dtype=draw)
+                spread = dragan_scale * r.to(draw).std(correction=0)
+                perturbed = (r.to(draw) + spread * u).to(r.dtype)
+                points.append(functional.interpolate(perturbed, r, a, backend=backend))
+        else:
+            # An inference-mode tensor cannot become a leaf that requires grad: copy it (rare, costs a copy).
+            points = [p.clone() if p.is_inference() else p for p in base]
+    points = [p.detach().requires_grad_(True) for p in points]
+
+    score = _score(where, _call(critic, points, kind, critic_args, critic_kwargs, fast_relu), batch)
+    if not score.requires_grad:
+        raise _no_dependence(where)
+
+    inv_scale = 1.0
+    if scaler is not None and scaler.is_enabled():
+        # Take the inner gradient of scale * mean_i D(x_i): per sample that is scale / B, the size the
+        # critic loss's own scaled gradient has, so fp16 does not overflow sooner than in the rest of the
+        # step. The kernel unscales the norms by B / scale. A non-finite inner gradient makes the penalty
+        # and its parameter gradients non-finite, so GradScaler skips the step as it would without us.
+        inner = scaler.scale(score.float().mean())
+        inv_scale = batch / scaler.get_scale()
+        grads = torch.autograd.grad(inner, points, create_graph=True, allow_unused=True)
+    else:
+        grads = torch.autograd.grad(score, points, grad_outputs=torch.ones_like(score), create_graph=True,
+                                    allow_unused=True)
+    if all(g is None for g in grads):
+        raise _no_dependence(where)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, points)]
+    # Several inputs: one norm over all of them jointly.
+    g = grads[0] if len(grads) == 1 else torch.cat([x.reshape(batch, -1) for x in grads], dim=1)
+    loss, norms = functional.penalty(g, target=target, one_sided=one_sided, weight=weight,
+                                     inv_scale=inv_scale, return_norms=True, backend=backend)
+    return (loss, norms) if return_norms else loss
+
+
+def gradient_penalty(critic, real, fake=None, *critic_args, weight=10.0, target=1.0, one_sided=False,
+                     sample="interpolate", alpha=None, generator=None, dragan_scale=0.5, scaler=None,
+                     return_norms=False, strict=False, backend=None, fast_relu=True, **critic_kwargs):
+    """The gradient penalty of a critic, ready to add to the critic loss.
+
+        x_i   = where the penalty is taken (see `sample`), a detached leaf
+        n_i   = ||grad_x D(x)_i||            (over all non-batch dims, of all inputs jointly)
+        loss  = weight * mean_i d_i^2,   d_i = n_i - target   (one_sided: max(0, n_i - target))
+
+    The defaults are WGAN-GP (Gulrajani et al. 2017): weight 10, target 1, one uniform weight per sample
+    on the line between a real and a fake sample.
+
+    Args:
+        critic: callable, `critic(x, *critic_args, **critic_kwargs)` -> scores of shape (B,), (B, 1) or
+            (B, 1, ..., 1), or a tuple/list whose first element is that. An nn.Module holding BatchNorm
+            gets a warning (an error with strict=True). A DistributedDataParallel-wrapped critic works
+            (see the README for the recipe).
+        real: (B, *) float tensor, or a tuple/list of them (e.g. multi-scale images, each (B, *_j)) that
+            share B, dtype and device; the critic then receives a container of the same type.
+            May be None with sample="fake".
+        fake: same structure, shapes, dtype and device as real; needed for "interpolate" and "fake".
+        *critic_args, **critic_kwargs: passed to the critic unchanged (class labels, conditioning).
+            Keyword names of this function cannot be passed through; wrap the critic in a lambda for those.
+        weight: float >= 0 (lambda).  target: float >= 0 (1 for WGAN-GP, 0 for R1/R2).
+        one_sided: penalise only norms above target (WGAN-LP, Petzka et al. 2018).
+        sample: "interpolate" - x_i = a_i real_i + (1 - a_i) fake_i, a_i ~ U[0, 1) per sample (WGAN-GP);
+            "real" - x = real (R1); "fake" - x = fake (R2);
+            "dragan" - x_i = a_i p_i + (1 - a_i) real_i with p = real + dragan_scale * std(real) * u,
+            u ~ U[0, 1) per element and std over the whole batch (per input of a tuple), as in
+            Kodali et al. 2017.
+        alpha: (B,) mixing weights for "interpolate"/"dragan"; None draws them. Draw order, from
+            `generator` (or torch's default generator): alpha first (float32, float64 for float64 input),
+            then for "dragan" u of each input in turn.
+        generator: torch.Generator on the inputs' device.  dragan_scale: float > 0.
+        scaler: a torch.amp.GradScaler for mixed precision. The inner gradient is taken of the scaled
+            critic output and unscaled inside the fused kernel; an overflow makes the step's gradients
+            non-finite so that the scaler skips the step. Use it with torch.autocast as usual:
+            `scaler.scale(critic_loss + gp).backward()`.
+        return_norms: also return the per-sample norms n_i (unscaled), detached, for logging.
+        strict: raise instead of warning about BatchNorm in the critic.
+        backend: None, "auto", "reference", "cpu", "cuda" or "triton" (see gpkernels.use_backend).
+        fast_relu: run the critic's out-of-place ReLU/LeakyReLU calls at the penalty points without
+            autograd's materialised-zero second derivative, which otherwise makes the outer backward push
+            zeros through the critic's whole forward graph (see gpkernels/_activations.py). Same values and
+            gradients; a parameter whose penalty gradient is exactly zero gets None instead of zeros.
+
+    Returns:
+        loss: () float32 (float64 for float64 input), differentiable w.r.t. the critic's parameters.
+        norms: (B,) of the same dtype, only with return_norms=True.
+    """
+    return _gradient_penalty("gpkernels.gradient_penalty", critic, real, fake, critic_args, critic_kwargs,
+                             weight=weight, target=target, one_sided=one_sided, sample=sample, alpha=alpha,
+                             generator=generator, dragan_scale=dragan_scale, scaler=scaler,
+                             return_norms=return_norms, strict=strict, backend=backend, fast_relu=fast_relu)
+
+
+def wgan_gp_penalty(critic, real, fake, *critic_args, weight=10.0, alpha=None, generator=None, scaler=None,
+                    return_norms=False, strict=False, backend=None, fast_relu=True, **critic_kwargs):
+    """WGAN-GP (Gulrajani et al. 2017): weight * mean_i (||grad D(x_i)|| - 1)^2 on real-fake interpolates.
+    Shapes and arguments as in `gradient_penalty`."""
+    return _gradient_penalty("gpkernels.wgan_gp_penalty", critic, real, fake, critic_args, critic_kwargs,
+                             weight=weight, target=1.0, one_sided=False, sample="interpolate", alpha=alpha,
+                             generator=generator, dragan_scale=0.5, scaler=scaler,
+                             return_norms=return_norms, strict=strict, backend=backend, fast_relu=fast_relu)
+
+
+def lipschitz_penalty(critic, real, fake, *critic_args, weight=10.0, alpha=None, generator=None,
+                      scaler=None, return_norms=False, strict=False, backend=None, fast_relu=True, **critic_kwargs):
+    """WGAN-LP (Petzka et al. 2018), the one-sided penalty: weight * mean_i max(0, ||grad D(x_i)|| - 1)^2
+    on real-fake interpolates. Shapes and arguments as in `gradient_penalty`."""
+    return _gradient_penalty("gpkernels.lipschitz_penalty", critic, real, fake, critic_args, critic_kwargs,
+                             weight=weight, target=1.0, one_sided=True, sample="interpolate", alpha=alpha,
+                             generator=generator, dragan_scale=0.5, scaler=scaler,
+                             return_norms=return_norms, strict=strict, backend=backend, fast_relu=fast_relu)
+
+
+def r1_penalty(critic, real, *critic_args, weight=5.0, scaler=None, return_norms=False, strict=False,
+               backend=None, fast_relu=True, **critic_kwargs):
+    """R1 (Mescheder et al. 2018): weight * mean_i ||grad D(real_i)||^2. The default weight 5 is gamma / 2
+    with the paper's gamma = 10. real: (B, *) or a tuple of such; other arguments as in `gradient_penalty`."""
+    return _gradient_penalty("gpkernels.r1_penalty", critic, real, None, critic_args, critic_kwargs,
+                             weight=weight, target=0.0, one_sided=False, sample="real", alpha=None,
+                             generator=None, dragan_scale=0.5, scaler=scaler, return_norms=return_norms,
+                             strict=strict, backend=backend, fast_relu=fast_relu)
+
+
+def r2_penalty(critic, fake, *critic_args, weight=5.0, scaler=None, return_norms=False, strict=False,
+               backend=None, fast_relu=True, **critic_kwargs):
+    """R2 (Mescheder et al. 2018): weight * mean_i ||grad D(fake_i)||^2 (gamma / 2 = 5 by default).
+    fake: (B, *) or a tuple of such; other arguments as in `gradient_penalty`."""
+    return _gradient_penalty("gpkernels.r2_penalty", critic, None, fake, critic_args, critic_kwargs,
+                             weight=weight, target=0.0, one_sided=False, sample="fake", alpha=None,
+                             generator=None, dragan_scale=0.5, scaler=scaler, return_norms=return_norms,
+                             strict=strict, backend=backend, fast_relu=fast_relu)
+
+
+def dragan_penalty(critic, real, *critic_args, weight=10.0, dragan_scale=0.5, alpha=None, generator=None,
+                   scaler=None, return_norms=False, strict=False, backend=None, fast_relu=True, **critic_kwargs):
+    """DRAGAN (Kodali et al. 2017): weight * mean_i (||grad D(x_i)|| - 1)^2 at points x_i between real_i
+    and a perturbed copy real_i + dragan_scale * std(real) * u_i, u ~ U[0, 1). Arguments as in
+    `gradient_penalty` with sample="dragan"."""
+    return _gradient_penalty("gpkernels.dragan_penalty", critic, real, None, critic_args, critic_kwargs,
+                             weight=weight, target=1.0, one_sided=False, sample="dragan", alpha=alpha,
+                             generator=generator, dragan_scale=dragan_scale, scaler=scaler,
+                             return_norms=return_norms, strict=strict, backend=backend, fast_relu=fast_relu)
+
+
+# ------------------------------------------------------------------------------------ finite difference
+
+def _finite_difference(where, critic, real, fake, critic_args, critic_kwargs, *, weight, target, one_sided,
+                       alpha, generator, min_gap, return_slopes, strict, backend):
+    _critic_fn(where, critic)
+    weight = _checks.finite_number(where, "weight", weight)
+    target = _checks.finite_number(where, "target", target)
+    min_gap = _checks.finite_number(where, "min_gap", min_gap)
+    if min_gap >= 1:
+        raise ValueError(f"{where}: min_gap must be < 1 (a fraction of the real-fake distance), got {min_gap}")
+    _flag(where, "one_sided", one_sided)
+    _flag(where, "return_slopes", return_slopes)
+    _flag(where, "strict", strict)
+    if real is None or fake is None:
+        raise ValueError(f"{where}: real and fake are both required")
+    r_parts, kind = _parts(where, "real", real)
+    f_parts, f_kind = _parts(where, "fake", fake)
+    _matching(where, r_parts, kind, f_parts, f_kind)
+    batch = r_parts[0].shape[0]
+    if alpha is not None:
+        if not (isinstance(alpha, (tuple, list)) and len(alpha) == 2):
+            raise TypeError(f"{where}: alpha must be None or a pair (alpha1, alpha2) of (B,) tensors")
+    _batchnorm(where, critic, strict)
+
+    acc = torch.float64 if r_parts[0].dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        if alpha is None:
+            a1 = _draw_alpha(batch, r_parts, generator)
+            a2 = _draw_alpha(batch, r_parts, generator)
+        else:
+            a1, a2 = alpha
+        x1 = [functional.interpolate(r, f, a1, backend=backend) for r, f in zip(r_parts, f_parts)]
+        x2 = [functional.interpolate(r, f, a2, backend=backend) for r, f in zip(r_parts, f_parts)]
+        # Distances between the points actually fed to the critic, and between real and fake.
+        dist = sum((p.to(acc) - q.to(acc)).reshape(batch, -1).square().sum(1) for p, q in zip(x1, x2)).sqrt()
+        span = sum((r.to(acc) - f.to(acc)).reshape(batch, -1).square().sum(1)
+                   for r, f in zip(r_parts, f_parts)).sqrt()
+        # Pairs closer than min_gap of their real-fake distance (coincident points included) have no slope
+        # worth trusting: rounding in D(x1) - D(x2) would be divided by almost nothing. They leave the sum.
+        keep = (dist > min_gap * span) & (dist > 0)
+        safe = torch.where(keep, dist, torch.ones_like(dist))
+
+    d1 = _score(where, _call(critic, x1, kind, critic_args, critic_kwargs), batch)
+    d2 = _score(where, _call(critic, x2, kind, critic_args, critic_kwargs), batch)
+    slopes = (d1.to(acc) - d2.to(acc)).abs() / safe
+    excess = slopes - target
+    if one_sided:
+        excess = excess.clamp_min(0)
+    terms = torch.where(keep, excess.square(), torch.zeros_like(excess))
+    loss = weight * terms.sum() / batch
+    if return_slopes:
+        shown = torch.where(keep, slopes.detach(), torch.full_like(slopes, math.nan))
+        return loss, shown
+    return loss
+
+
+def finite_difference_penalty(critic, real, fake, *critic_args, weight=10.0, target=1.0, one_sided=False,
+                              alpha=None, generator=None, min_gap=1e-3, return_slopes=False, strict=False,
+                              backend=None, **critic_kwargs):
+    """A Lipschitz penalty with no double backward: the critic's slope between two points per sample.
+
+        x1_i = a_i real_i + (1 - a_i) fake_i,   x2_i = b_i real_i + (1 - b_i) fake_i,   a, b ~ U[0, 1)
+        slope_i = |D(x1)_i - D(x2)_i| / ||x1_i - x2_i||
+        loss = weight / B * sum_{i kept} (slope_i - target)^2       (one_sided: max(0, slope_i - target))
+
+    A pair is dropped from the sum (it contributes 0, and its gradient is 0) when its points are closer
+    than min_gap times ||real_i - fake_i||, coincident points included.
+
+    It costs two extra critic forwards and one ordinary backward instead of a forward and a double
+    backward, works with ops that have no double backward, and needs no GradScaler handling. It is a
+    weaker constraint: the slope along one chord bounds the gradient from below only (a chord's slope is
+    the average of the directional derivative along it), so it constrains the critic only along real-fake
+    lines and only on average between the two points; use it where the double backward is unavailable or
+    too costly, and prefer gradient_penalty where it is not.
+
+    Args:
+        critic, real, fake, *critic_args, **critic_kwargs: as in `gradient_penalty` (real and fake may be
+            tuples of tensors; the distance is taken over all parts jointly).
+        weight: float >= 0.  target: float >= 0.  one_sided: bool.
+        alpha: None, or a pair (a, b) of (B,) tensors. None draws a then b from `generator`.
+        min_gap: float in [0, 1).  return_slopes: also return the (B,) slopes, detached, NaN where dropped.
+        strict: raise instead of warning about BatchNorm.  backend: for the interpolation kernel.
+
+    Returns:
+        loss: () float32 (float64 for float64 input).  slopes: (B,), only with return_slopes=True.
+    """
+    return _finite_difference("gpkernels.finite_difference_penalty", critic, real, fake, critic_args,
+                              critic_kwargs, weight=weight, target=target, one_sided=one_sided, alpha=alpha,
+                              generator=generator, min_gap=min_gap, return_slopes=return_slopes,
+                              strict=strict, backend=backend)
+
+
+# ---------------------------------------------------------------------------------------------- module
+
+class GradientPenalty(nn.Module):
+    """One regulariser's configuration, applied with `penalty(critic, real, fake, *critic_args)`.
+
+    Lazy regularisation (Karras et al. 2020, StyleGAN2): with lazy=k the penalty is computed on every k-th
+    call only (the 1st, (k+1)-th, ...) with its weight multiplied by k, and the calls in between return a
+    zero without running the critic. `due` says whether the next call computes it. The call counter is
+    saved in the module's state_dict, so a resumed run keeps the same schedule.
+
+    Args:
+        weight, target, one_sided, sample, dragan_scale, strict, backend, fast_relu: as in `gradient_penalty`.
+        method: "gradient" (the double-backward penalty) or "finite_difference"
+            (`finite_difference_penalty`; sample must then be "interpolate").
+        lazy: int >= 1.
+        min_gap: for method="finite_difference".
+
+    Call: `forward(critic, real, fake=None, *critic_args, alpha=None, generator=None, scaler=None,
+    return_norms=False, **critic_kwargs)` -> loss () (and the (B,) norms or slopes, None on a skipped
+    call). `last_norms` keeps the detached (B,) norms (slopes) of the last computed call.
+    """
+
+    def __init__(self, weight=10.0, target=1.0, one_sided=False, sample="interpolate", *, method="gradient",
+                 lazy=1, dragan_scale=0.5, min_gap=1e-3, strict=False, backend=None, fast_relu=True):
+        super().__init__()
+        where = "gpkernels.GradientPenalty"
+        self.weight = _checks.finite_number(where, "weight", weight)
+        self.target = _checks.finite_number(where, "target", target)
+        self.one_sided = _flag(where, "one_sided", one_sided)
+        if sample not in SAMPLES:
+            raise ValueError(f"{where}: sample must be one of {', '.join(SAMPLES)}; got {sample!r}")
+        if method not in METHODS:
+            raise ValueError(f"{where}: method must be one of {', '.join(METHODS)}; got {method!r}")
+        if method == "finite_difference" and sample != "interpolate":
+            raise ValueError(f"{where}: method='finite_difference' takes its points on the real-fake line; "
+                             f"sample must be 'interpolate', got {sample!r}")
+        if isinstance(lazy, bool) or not isinstance(lazy, numbers.Integral) or lazy < 1:
+            raise ValueError(f"{where}: lazy must be an int >= 1, got {lazy!r}")
+        self.sample, self.method, self.lazy = sample, method, int(lazy)
+        self.dragan_scale = _checks.finite_number(where, "dragan_scale", dragan_scale, strict=True)
+        self.min_gap = _checks.finite_number(where, "min_gap", min_gap)
+        self.strict = _flag(where, "strict", strict)
+        self.backend = backend
+        self.fast_relu = _flag(where, "fast_relu", fast_relu)
+        self.calls = 0
+        self.last_norms = None
+
+    @property
+    def due(self):
+        """Whether the next call computes the penalty (always, unless lazy > 1)."""
+        return self.calls % self.lazy == 0
+
+    def forward(self, critic, real, fake=None, *critic_args, alpha=None, generator=None, scaler=None,
+                return_norms=False, **critic_kwargs):
+        due = self.due
+        self.calls += 1
+        if not due:
+            given = real if real is not None else fake
+            if given is None:
+                raise ValueError("gpkernels.GradientPenalty: real (or fake, for sample='fake') is required")
+            like = _parts("gpkernels.GradientPenalty", "real" if real is not None else "fake", given)[0][0]
+            dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+            zero = torch.zeros((), dtype=dtype, device=like.device)
+            return (zero, None) if return_norms else zero
+        weight = self.weight * self.lazy
+        if self.method == "finite_difference":
+            if scaler is not None:
+                raise ValueError("gpkernels.GradientPenalty: the finite-difference penalty takes no scaler "
+                                 "(it has no inner gradient to unscale)")
+            loss, norms = _finite_difference(
+                "gpkernels.GradientPenalty", critic, real, fake, critic_args, critic_kwargs, weight=weight,
+                target=self.target, one_sided=self.one_sided, alpha=alpha, generator=generator,
+                min_gap=self.min_gap, return_slopes=True, strict=self.strict, backend=self.backend)
+        else:
+            loss, norms = _gradient_penalty(
+                "gpkernels.GradientPenalty", critic, real, fake, critic_args, critic_kwargs, weight=weight,
+                target=self.target, one_sided=self.one_sided, sample=self.sample, alpha=alpha,
+                generator=generator, dragan_scale=self.dragan_scale, scaler=scaler, return_norms=True,
+                strict=self.strict, backend=self.backend, fast_relu=self.fast_relu)
+        self.last_norms = norms
+        return (loss, norms) if return_norms else loss
+
+    def get_extra_state(self):
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state):
+        self.calls = int(state["calls"])
+
+    def extra_repr(self):
+        text = (f"weight={self.weight}, target={self.target}, one_sided={self.one_sided}, "
+                f"sample={self.sample!r}, method={self.method!r}, lazy={self.lazy}")
+        return text + (f", backend={self.backend!r}" if self.backend is not None else "")
