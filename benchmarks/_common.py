@@ -4,6 +4,7 @@ Not a package module: the scripts run as `python benchmarks/<script>.py`, which 
 sys.path, and import it as `_common`.
 """
 
+import csv
 import datetime
 import math
 import os
@@ -131,3 +132,12 @@ def environment_lines(device, threads=None):
         f"- git commit: {git_commit()}",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
     ]
+
+
+def write_csv(path, rows):
+    """rows (dicts with the same keys) as CSV, floats to 6 significant digits."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

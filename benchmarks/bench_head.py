@@ -50,7 +50,6 @@ Usage (from the repository root):
 """
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -62,7 +61,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_head.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import REPO, Timer, environment_lines, machine_name, measure, median_iqr  # noqa: E402
+from _common import REPO, Timer, environment_lines, machine_name, measure, median_iqr, write_csv  # noqa: E402
 
 import gpkernels  # noqa: E402
 WEIGHT = 10.0
@@ -322,11 +321,7 @@ def main(argv=None):
     out = args.out or os.path.join(REPO, "benchmarks", "results", machine_name(device, args.threads))
     os.makedirs(out, exist_ok=True)
     stem = "bench_head_quick" if args.quick else "bench_head"
-    with open(os.path.join(out, stem + ".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(os.path.join(out, stem + ".csv"), rows)
     md = [
         "# Penalty head benchmark (bench_head.py)",
         "",

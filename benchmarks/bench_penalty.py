@@ -54,7 +54,6 @@ Usage (from the repository root):
 """
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -66,7 +65,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_penalty.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import REPO, Timer, environment_lines, machine_name, measure, quartiles  # noqa: E402
+from _common import REPO, Timer, environment_lines, machine_name, measure, quartiles, write_csv  # noqa: E402
 
 import gpkernels  # noqa: E402
 
@@ -402,11 +401,7 @@ def main(argv=None):
                                    machine_name(device, "-".join(map(str, args.threads))))
     os.makedirs(out, exist_ok=True)
     stem = "bench_penalty_quick" if args.quick else "bench_penalty"
-    with open(os.path.join(out, stem + ".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(os.path.join(out, stem + ".csv"), rows)
     command = "python benchmarks/bench_penalty.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = [
         "# Penalty benchmark, critic included (bench_penalty.py)",

@@ -53,7 +53,7 @@ def test_lazy_computes_every_kth_call_with_k_times_the_weight():
 
 
 def test_schedule_survives_a_state_dict_round_trip():
-    critic, (real, fake, alpha) = Counting(), data()
+    critic, (real, fake, _) = Counting(), data()
     gp = gpkernels.GradientPenalty(lazy=4)
     for _ in range(5):
         gp(critic, real, fake)

@@ -9,7 +9,6 @@ rest of the package.
 import os
 
 import importlib.util
-import math
 import pathlib
 
 import pytest
