@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import _activations, _checks, functional
+from .reference import accum_dtype
 
 SAMPLES = ("interpolate", "real", "fake", "dragan")
 METHODS = ("gradient", "finite_difference")
@@ -123,9 +124,9 @@ def _no_dependence(where):
 
 
 def _draw_alpha(batch, parts, generator):
+    """(B,) ~ U[0, 1) in float32 (float64 for float64 input), as gpkernels.interpolate draws it."""
     like = parts[0]
-    draw = torch.float64 if like.dtype == torch.float64 else torch.float32
-    return torch.rand(batch, generator=generator, device=like.device, dtype=draw)
+    return torch.rand(batch, generator=generator, device=like.device, dtype=accum_dtype(like.dtype))
 
 
 def _call(critic, points, kind, critic_args, critic_kwargs, fast_relu=False):
@@ -154,8 +155,10 @@ def _gradient_penalty(where, critic, real, fake, critic_args, critic_kwargs, *, 
         dragan_scale = _checks.finite_number(where, "dragan_scale", dragan_scale, strict=True)
     if alpha is not None and sample in ("real", "fake"):
         raise ValueError(f"{where}: alpha is used only with sample='interpolate' or 'dragan', not {sample!r}")
+    if scaler is not None and not all(hasattr(scaler, m) for m in ("scale", "get_scale", "is_enabled")):
+        raise TypeError(f"{where}: scaler must be a torch.amp.GradScaler (or None), got {type(scaler).__name__}")
 
-    need_real, need_fake = sample != "fake", sample == "interpolate"
+    need_real, need_fake = sample != "fake", sample in ("interpolate", "fake")
     r_parts = r_kind = f_parts = f_kind = None
     if real is not None:
         r_parts, r_kind = _parts(where, "real", real)
@@ -163,7 +166,7 @@ def _gradient_penalty(where, critic, real, fake, critic_args, critic_kwargs, *, 
         raise ValueError(f"{where}: real is required for sample={sample!r}")
     if fake is not None:
         f_parts, f_kind = _parts(where, "fake", fake)
-    elif need_fake or sample == "fake":
+    elif need_fake:
         raise ValueError(f"{where}: fake is required for sample={sample!r}")
     if r_parts is not None and f_parts is not None:
         _matching(where, r_parts, r_kind, f_parts, f_kind)
@@ -180,7 +183,7 @@ def _gradient_penalty(where, critic, real, fake, critic_args, critic_kwargs, *, 
             a = _draw_alpha(batch, base, generator) if alpha is None else alpha
             points = []
             for r in r_parts:
-                draw = torch.float64 if r.dtype == torch.float64 else torch.float32
+                draw = accum_dtype(r.dtype)
                 u = torch.rand(r.shape, generator=generator, device=r.device, dtype=draw)
                 spread = dragan_scale * r.to(draw).std(correction=0)
                 perturbed = (r.to(draw) + spread * u).to(r.dtype)
@@ -347,7 +350,7 @@ def _finite_difference(where, critic, real, fake, critic_args, critic_kwargs, *,
             raise TypeError(f"{where}: alpha must be None or a pair (alpha1, alpha2) of (B,) tensors")
     _batchnorm(where, critic, strict)
 
-    acc = torch.float64 if r_parts[0].dtype == torch.float64 else torch.float32
+    acc = accum_dtype(r_parts[0].dtype)
     with torch.no_grad():
         if alpha is None:
             a1 = _draw_alpha(batch, r_parts, generator)
@@ -476,7 +479,7 @@ class GradientPenalty(nn.Module):
             if given is None:
                 raise ValueError("gpkernels.GradientPenalty: real (or fake, for sample='fake') is required")
             like = _parts("gpkernels.GradientPenalty", "real" if real is not None else "fake", given)[0][0]
-            dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+            dtype = accum_dtype(like.dtype)
             zero = torch.zeros((), dtype=dtype, device=like.device)
             return (zero, None) if return_norms else zero
         weight = self.weight * self.lazy

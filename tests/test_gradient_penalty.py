@@ -388,6 +388,8 @@ def _real_fake():
     (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, one_sided=1), TypeError, "one_sided must be a bool"),
     (lambda c, r, f: gpkernels.gradient_penalty("critic", r, f), TypeError, "critic must be callable"),
     (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, backend="fast"), ValueError, "unknown backend"),
+    (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, scaler=2.0 ** 16), TypeError, "GradScaler"),
+    (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, fast_relu=None), TypeError, "fast_relu must be a bool"),
 ])
 def test_bad_arguments_raise_clear_errors(call, error, match):
     critic = make_critic("mlp", False)
