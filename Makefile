@@ -39,6 +39,7 @@ test: build
 bench: build
 	$(VPY) benchmarks/bench_head.py --quick --threads 1
 	$(VPY) benchmarks/bench_penalty.py --quick --threads 1
+	$(VPY) benchmarks/bench_step.py --quick --threads 1
 
 clean:
 	rm -rf build gpkernels/_C*.so $(EXT_STAMP) *.egg-info

@@ -68,6 +68,27 @@ def measure(fns, timer, repeats, min_sample_s, warmup):
     return {name: sorted(s) for name, s in samples.items()}
 
 
+def measure_long(fns, timer, repeats, min_sample_s, warmup):
+    """As measure(), for calls that may each take far longer than a sample: a call that already lasts
+    min_sample_s fixes the inner loop at 1 after one calibration call instead of three, which for
+    hundred-millisecond calls saves two full calls per provider. Same round-robin sampling."""
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        once = timer(fn, 1)
+        if once < min_sample_s:
+            once = min([once] + [timer(fn, 1) for _ in range(2)])
+        inner[name] = max(1, math.ceil(min_sample_s / max(once, 1e-9)))
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(timer(fns[name], inner[name]))
+    return {name: sorted(s) for name, s in samples.items()}
+
+
 def quartiles(samples):
     """(first quartile, median, third quartile) of `samples`."""
     if len(samples) < 2:
@@ -141,3 +162,44 @@ def write_csv(path, rows):
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+def _cpu_allocation_events(fn):
+    """(start_ns, bytes) of every CPU allocation (+) and free (-) during fn(), from torch.profiler. The raw
+    kineto list is read because profile.events() folds an allocation made inside an op into that op."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
+    return sorted(events)
+
+
+def peak_extra_bytes(fn, device):
+    """Peak bytes allocated during one call of fn() beyond those allocated before it (fn's outputs, which are
+    dropped at its end, included). CUDA: the caching allocator's statistics; CPU: the running sum of the
+    profiler's allocation events, in time order."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    running = peak = 0
+    for _, nbytes in _cpu_allocation_events(fn):
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def peak_method_check(device, numel=1_000_000):
+    """(measured, expected) peak bytes of a clone of `numel` fp32, the case whose answer is known (4 bytes
+    per element), to validate peak_extra_bytes on this torch version before trusting it."""
+    src = torch.randn(numel, device=device)
+    peak_extra_bytes(src.clone, device)  # the first profiled call pays any one-time profiler set-up
+    return peak_extra_bytes(src.clone, device), 4 * numel

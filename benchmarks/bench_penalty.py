@@ -59,13 +59,13 @@ import sys
 import time
 
 import torch
-from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_penalty.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
 from _common import REPO, Timer, environment_lines, machine_name, measure, quartiles, write_csv  # noqa: E402
+from _critics import ConvCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
 
@@ -77,30 +77,7 @@ PROVIDERS = ("plain", "gpkernels", "gpkernels-exact", "gpkernels-lazy4", "fd", "
 
 
 # ----------------------------------------------------------------------------------------------- critics
-
-def mlp_critic():
-    return nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                         nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 1))
-
-
-class ConvCritic(nn.Module):
-    """DCGAN-style critic: stride-2 4x4 convolutions doubling the channels from 64, LeakyReLU(0.2), and a
-    final 4x4 valid convolution to one score per sample."""
-
-    def __init__(self, size):
-        super().__init__()
-        stages = {32: 3, 64: 4}[size]
-        layers, c_in = [], 3
-        for k in range(stages):
-            c_out = 64 * 2 ** k
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]
-            c_in = c_out
-        layers.append(nn.Conv2d(c_in, 1, 4, 1, 0))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x).view(x.shape[0])
-
+# mlp_critic and ConvCritic live in _critics.py, shared with bench_step.py.
 
 # (name, constructor, per-sample input shape, batch sizes in full mode, batch sizes with --quick)
 CRITICS = [
