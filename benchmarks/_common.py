@@ -203,3 +203,32 @@ def peak_method_check(device, numel=1_000_000):
     src = torch.randn(numel, device=device)
     peak_extra_bytes(src.clone, device)  # the first profiled call pays any one-time profiler set-up
     return peak_extra_bytes(src.clone, device), 4 * numel
+
+
+def write_report(out, stem, md_lines, rows, plot, no_plot, script):
+    """Write `stem.md` in `out` and, unless no_plot, `stem.png` through plot(rows, path), which returns False
+    when matplotlib is missing; say what was written (the CSV is written before, by write_csv)."""
+    with open(os.path.join(out, stem + ".md"), "w") as f:
+        f.write("\n".join(md_lines))
+    written = [stem + ".csv", stem + ".md"]
+    if not no_plot:
+        if plot(rows, os.path.join(out, stem + ".png")):
+            written.append(stem + ".png")
+        else:
+            print(f"{script}: matplotlib is not installed; skipping the PNG chart "
+                  f"(pip install matplotlib to get it)", file=sys.stderr)
+    print(f"wrote {', '.join(written)} in {out}", file=sys.stderr)
+
+
+def timing_bars(ax, rs, label_key, colours, ylabel, title):
+    """One bar per row of rs (median_ms, with q1_ms..q3_ms as error bars), labelled with x<label_key>."""
+    x = range(len(rs))
+    med = [r["median_ms"] for r in rs]
+    err = [[r["median_ms"] - r["q1_ms"] for r in rs], [r["q3_ms"] - r["median_ms"] for r in rs]]
+    ax.bar(x, med, yerr=err, capsize=3, color=colours)
+    for k, r in zip(x, rs):
+        ax.text(k, r["q3_ms"], f"x{r[label_key]:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([r["provider"] for r in rs], rotation=45, ha="right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel(ylabel)

@@ -126,7 +126,7 @@ if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_head.p
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
 from _common import (REPO, Timer, environment_lines, machine_name, measure_long, median_iqr,  # noqa: E402
-                     peak_extra_bytes, peak_method_check, write_csv)
+                     peak_extra_bytes, peak_method_check, write_csv, write_report)
 
 import gpkernels  # noqa: E402
 
@@ -807,16 +807,7 @@ def main(argv=None):
             md += [f"- {where} ({count}x), {text}" for text, (where, count) in state.notes.items()] + [""]
     md += [f"## Peak extra memory per call (MB), {threads_label(rows[0]['threads'])}", "",
            memory_table(rows, with_compiled), ""]
-    with open(os.path.join(out, stem + ".md"), "w") as f:
-        f.write("\n".join(md))
-    written = [stem + ".csv", stem + ".md"]
-    if not args.no_plot:
-        if plot(rows, os.path.join(out, stem + ".png")):
-            written.append(stem + ".png")
-        else:
-            print("bench_head: matplotlib is not installed; skipping the PNG chart "
-                  "(pip install matplotlib to get it)", file=sys.stderr)
-    print(f"wrote {', '.join(written)} in {out}", file=sys.stderr)
+    write_report(out, stem, md, rows, plot, args.no_plot, "bench_head")
 
 
 if __name__ == "__main__":

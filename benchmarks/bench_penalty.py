@@ -64,7 +64,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_penalty.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import REPO, Timer, environment_lines, machine_name, measure, quartiles, write_csv  # noqa: E402
+from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
+                     timing_bars, write_csv, write_report)
 from _critics import ConvCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
@@ -324,16 +325,9 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 4.2), squeeze=False)
     colours = plt.get_cmap("tab10").colors
     for ax, ((critic, B, threads), rs) in zip(axes[0], groups):
-        x = range(len(rs))
-        med = [r["median_ms"] for r in rs]
-        err = [[r["median_ms"] - r["q1_ms"] for r in rs], [r["q3_ms"] - r["median_ms"] for r in rs]]
-        ax.bar(x, med, yerr=err, capsize=3, color=[colours[i % len(colours)] for i in x])
-        for i, r in zip(x, rs):
-            ax.text(i, r["q3_ms"], f"x{r['x_plain']:.2f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(list(x))
-        ax.set_xticklabels([r["provider"] for r in rs], rotation=45, ha="right", fontsize=8)
-        ax.set_title(f"{critic}, B={B}, input {rs[0]['input_shape']}, {threads} thread(s)", fontsize=9)
-        ax.set_ylabel("median ms per call (IQR bars)")
+        timing_bars(ax, rs, "x_plain", [colours[i % len(colours)] for i in range(len(rs))],
+                    "median ms per call (IQR bars)",
+                    f"{critic}, B={B}, input {rs[0]['input_shape']}, {threads} thread(s)")
     fig.suptitle("WGAN-GP penalty incl. backward into the critic (labels: x plain, > 1 faster)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -411,16 +405,7 @@ def main(argv=None):
         *[f"- {v}" for v in verdicts],
         "",
     ]
-    with open(os.path.join(out, stem + ".md"), "w") as f:
-        f.write("\n".join(md))
-    written = [stem + ".csv", stem + ".md"]
-    if not args.no_plot:
-        if plot(rows, os.path.join(out, stem + ".png")):
-            written.append(stem + ".png")
-        else:
-            print("bench_penalty: matplotlib is not installed; skipping the PNG chart "
-                  "(pip install matplotlib to get it)", file=sys.stderr)
-    print(f"wrote {', '.join(written)} in {out}", file=sys.stderr)
+    write_report(out, stem, md, rows, plot, args.no_plot, "bench_penalty")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_step.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import REPO, Timer, environment_lines, machine_name, measure, quartiles, write_csv  # noqa: E402
+from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
+                     timing_bars, write_csv, write_report)
 from _critics import ConvCritic, ResNetCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
@@ -555,17 +556,10 @@ def plot(rows, path):
             if not rs:
                 ax.set_visible(False)
                 continue
-            x = range(len(rs))
-            med = [r["median_ms"] for r in rs]
-            err = [[r["median_ms"] - r["q1_ms"] for r in rs], [r["q3_ms"] - r["median_ms"] for r in rs]]
             # One colour per provider across panels, so that a bar is recognisable in every panel.
-            ax.bar(x, med, yerr=err, capsize=3, color=[colours[PROVIDERS.index(r["provider"])] for r in rs])
-            for k, r in zip(x, rs):
-                ax.text(k, r["q3_ms"], f"x{r['x_plain_step']:.2f}", ha="center", va="bottom", fontsize=7)
-            ax.set_xticks(list(x))
-            ax.set_xticklabels([r["provider"] for r in rs], rotation=45, ha="right", fontsize=8)
-            ax.set_title(f"{c}, B={rs[0]['B']}, input {rs[0]['input_shape']}, {t} thread(s)", fontsize=9)
-            ax.set_ylabel("median ms per critic step (IQR bars)")
+            timing_bars(ax, rs, "x_plain_step", [colours[PROVIDERS.index(r["provider"])] for r in rs],
+                        "median ms per critic step (IQR bars)",
+                        f"{c}, B={rs[0]['B']}, input {rs[0]['input_shape']}, {t} thread(s)")
     fig.suptitle("One WGAN critic step incl. Adam (labels: cost in plain steps of the same run)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -671,16 +665,7 @@ def main(argv=None):
         *[f"- {c}" for c in compile_notes],
         "",
     ]
-    with open(os.path.join(out, stem + ".md"), "w") as f:
-        f.write("\n".join(md))
-    written = [stem + ".csv", stem + ".md"]
-    if not args.no_plot:
-        if plot(rows, os.path.join(out, stem + ".png")):
-            written.append(stem + ".png")
-        else:
-            print("bench_step: matplotlib is not installed; skipping the PNG chart "
-                  "(pip install matplotlib to get it)", file=sys.stderr)
-    print(f"wrote {', '.join(written)} in {out}", file=sys.stderr)
+    write_report(out, stem, md, rows, plot, args.no_plot, "bench_step")
     if cache_tmp is not None:
         cache_tmp.cleanup()
 
