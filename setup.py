@@ -98,6 +98,11 @@ def extensions():
 
     sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu/kernels.cpp"]
     cxx = ["-O3"]
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        # at::parallel_for is a header template whose OpenMP backend is a `#pragma omp parallel`: without
+        # -fopenmp it compiles to a serial loop and the CPU kernels ignore torch.set_num_threads. The GOMP
+        # symbols resolve at load time to the OpenMP runtime torch itself loaded, so nothing more is linked.
+        cxx.append("-fopenmp")
     if not use_cuda:
         return [CppExtension("gpkernels._C", sources, extra_compile_args={"cxx": cxx})]
     cxx.append("-DGPKERNELS_WITH_CUDA")
