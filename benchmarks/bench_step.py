@@ -72,6 +72,7 @@ Usage (from the repository root):
     PYTHONPATH=. python benchmarks/bench_step.py --threads 1 2                     # full run, ~14 min on 2 cores
     PYTHONPATH=. python benchmarks/bench_step.py --quick --threads 1               # smoke run for `make bench`
     PYTHONPATH=. python benchmarks/bench_step.py --critics resnet32 --repeats 3 --out /tmp/x   # a quick look
+    PYTHONPATH=. python benchmarks/bench_step.py --device cuda      # on a GPU: gpkernels backend cuda, CUDA events
 """
 
 import argparse
@@ -387,6 +388,8 @@ def parse_args(argv=None):
     p.add_argument("--warm-compile-cache", action="store_true",
                    help="leave Inductor's caches as they are (compile times then depend on earlier runs); "
                         "by default every configuration compiles with an empty cache in a temporary directory")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (gpkernels backend cpu) or cuda (backend cuda, CUDA-event timing); default cpu")
     p.add_argument("--out", default=None,
                    help="output directory (default: benchmarks/results/<machine>/, e.g. cpu-amd-epyc-1-2t)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG chart")
@@ -420,14 +423,15 @@ def run_config(name, make, shape, B, threads, args, timer):
         pass
     if args.run_compiled and args.cache_root is not None:
         cold_compile_cache(os.path.join(args.cache_root, f"{name}-{threads}t"))
-    base = make()
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    real, fake = grid_data(B, shape, gen), grid_data(B, shape, gen)
+    device = torch.device(args.device)
+    base = make().to(device)
+    gen = torch.Generator().manual_seed(args.seed + 1)  # drawn on the CPU: the same data on every device
+    real, fake = grid_data(B, shape, gen).to(device), grid_data(B, shape, gen).to(device)
     rows_run = [p for p in PROVIDERS if p != "gp-func-compiled" or args.run_compiled]
     prov = {p: Provider(base) for p in rows_run}
 
     # ---- correctness, on each provider's own copy before it has taken a step
-    alpha = grid_alpha(B, 0, 16, gen)
+    alpha = grid_alpha(B, 0, 16, gen).to(device)
     want = autograd_grads(prov["gp-popular"], real, fake, lambda c: popular_penalty(c, real, fake, alpha))
     against = "gp-popular (same alpha)"
     check_or_exit(where, "gp-best", autograd_grads(prov["gp-best"], real, fake,
@@ -445,7 +449,7 @@ def run_config(name, make, shape, B, threads, args, timer):
                                  lambda c: popular_penalty(c, real, fake, alpha, weight=LAZY * WEIGHT)),
                   f"gp-popular at weight {LAZY} x {WEIGHT:g}")
     # Alphas at least 2/16 apart, so that fd's min_gap guard keeps every pair, as the reference does.
-    pair = (grid_alpha(B, 0, 7, gen), grid_alpha(B, 9, 16, gen))
+    pair = (grid_alpha(B, 0, 7, gen).to(device), grid_alpha(B, 9, 16, gen).to(device))
     check_or_exit(where, "fd", autograd_grads(prov["fd"], real, fake, lambda c: fd_penalty(c, real, fake, pair)),
                   autograd_grads(prov["fd"], real, fake, lambda c: fd_reference(c, real, fake, pair)),
                   "the finite-difference formula in plain PyTorch (same alphas)")
@@ -569,7 +573,11 @@ def plot(rows, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device("cpu")
+    global BACKEND
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_step: --device cuda, but torch sees no CUDA device here")
+    device = torch.device(args.device)
+    BACKEND = "cuda" if device.type == "cuda" else "cpu"
     timer = Timer(device)
     configs = [c for c in CRITICS if c[0] in args.critics]
     threads_text = " ".join(map(str, args.threads))
