@@ -51,6 +51,18 @@ class Timer:
         return (time.perf_counter() - t0) / inner
 
 
+def _round_robin(fns, inner, timer, repeats):
+    """repeats samples per function of inner[name] calls each, taken round-robin with the starting function
+    rotating every round, so that background load hits all of them alike; {name: sorted seconds per call}."""
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(timer(fns[name], inner[name]))
+    return {name: sorted(s) for name, s in samples.items()}
+
+
 def measure(fns, timer, repeats, min_sample_s, warmup):
     """{name: sorted per-call seconds}, `repeats` samples each, taken round-robin over `fns`."""
     inner = {}
@@ -59,13 +71,7 @@ def measure(fns, timer, repeats, min_sample_s, warmup):
             fn()
         once = min(timer(fn, 1) for _ in range(3))
         inner[name] = max(1, math.ceil(min_sample_s / max(once, 1e-9)))
-    names = list(fns)
-    samples = {name: [] for name in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            samples[name].append(timer(fns[name], inner[name]))
-    return {name: sorted(s) for name, s in samples.items()}
+    return _round_robin(fns, inner, timer, repeats)
 
 
 def measure_long(fns, timer, repeats, min_sample_s, warmup):
@@ -80,13 +86,7 @@ def measure_long(fns, timer, repeats, min_sample_s, warmup):
         if once < min_sample_s:
             once = min([once] + [timer(fn, 1) for _ in range(2)])
         inner[name] = max(1, math.ceil(min_sample_s / max(once, 1e-9)))
-    names = list(fns)
-    samples = {name: [] for name in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            samples[name].append(timer(fns[name], inner[name]))
-    return {name: sorted(s) for name, s in samples.items()}
+    return _round_robin(fns, inner, timer, repeats)
 
 
 def quartiles(samples):
