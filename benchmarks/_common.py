@@ -232,3 +232,24 @@ def timing_bars(ax, rs, label_key, colours, ylabel, title):
     ax.set_xticklabels([r["provider"] for r in rs], rotation=45, ha="right", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.set_ylabel(ylabel)
+
+
+def rel_err(got, want):
+    """max |got - want| / max |want|, in float64."""
+    got, want = got.detach().double(), want.detach().double()
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def verdict(rows, provider, baseline):
+    """One line: `provider` against `baseline` in the configuration of `rows`: "not slower" when the
+    median ratio is >= 1, "within noise" when below 1 with overlapping interquartile ranges, else SLOWER."""
+    got = next(r for r in rows if r["provider"] == provider)
+    ref = next(r for r in rows if r["provider"] == baseline)
+    ratio = ref["median_ms"] / got["median_ms"]
+    if ratio >= 1.0:
+        word = "not slower"
+    elif got["q1_ms"] <= ref["q3_ms"]:
+        word = "within noise (slower median, interquartile ranges overlap)"
+    else:
+        word = "SLOWER"
+    return f"{provider} vs {baseline}: x{ratio:.3f} ({got['median_ms']:.4g} vs {ref['median_ms']:.4g} ms), {word}"

@@ -65,7 +65,7 @@ if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_penalt
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
 from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
-                     timing_bars, write_csv, write_report)
+                     rel_err, timing_bars, verdict, write_csv, write_report)
 from _critics import ConvCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
@@ -173,11 +173,6 @@ def timed_calls(critic, real, fake):
 
 # ----------------------------------------------------------------------------------------------- checking
 
-def rel_err(got, want):
-    got, want = got.detach().double(), want.detach().double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
 def loss_and_grads(critic, fn):
     critic.zero_grad(set_to_none=True)
     loss = fn()
@@ -277,20 +272,6 @@ def run_config(name, make, shape, B, threads, args, timer):
             "x_plain": plain_ms / med, "x_fwd_bwd": med / fb_ms, "repeats": args.repeats,
         })
     return rows
-
-
-def verdict(rows, provider, baseline):
-    """One line: `provider` against `baseline` in the configuration of `rows` (see the module docstring)."""
-    got = next(r for r in rows if r["provider"] == provider)
-    ref = next(r for r in rows if r["provider"] == baseline)
-    ratio = ref["median_ms"] / got["median_ms"]
-    if ratio >= 1.0:
-        word = "not slower"
-    elif got["q1_ms"] <= ref["q3_ms"]:
-        word = "within noise (slower median, interquartile ranges overlap)"
-    else:
-        word = "SLOWER"
-    return f"{provider} vs {baseline}: x{ratio:.3f} ({got['median_ms']:.4g} vs {ref['median_ms']:.4g} ms), {word}"
 
 
 def markdown_table(rows, with_iqr):

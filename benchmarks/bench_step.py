@@ -90,7 +90,7 @@ if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_step.p
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
 from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
-                     timing_bars, write_csv, write_report)
+                     rel_err, timing_bars, verdict, write_csv, write_report)
 from _critics import ConvCritic, ResNetCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
@@ -234,11 +234,6 @@ def func_timed_step(prov, real, fake, fn):
 
 
 # ----------------------------------------------------------------------------------------------- checking
-
-def rel_err(got, want):
-    got, want = got.detach().double(), want.detach().double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
 
 def autograd_grads(prov, real, fake, penalty):
     """(loss, {name: grad}) of one step's loss with `penalty()`, without stepping; None grads as zeros."""
@@ -494,20 +489,6 @@ def run_config(name, make, shape, B, threads, args, timer):
             "compile_s": info["compile_s"] if p == "gp-func-compiled" else "",
         })
     return rows, info
-
-
-def verdict(rows, provider, baseline):
-    """One line: `provider` against `baseline` in the configuration of `rows` (see the module docstring)."""
-    got = next(r for r in rows if r["provider"] == provider)
-    ref = next(r for r in rows if r["provider"] == baseline)
-    ratio = ref["median_ms"] / got["median_ms"]
-    if ratio >= 1.0:
-        word = "not slower"
-    elif got["q1_ms"] <= ref["q3_ms"]:
-        word = "within noise (slower median, interquartile ranges overlap)"
-    else:
-        word = "SLOWER"
-    return f"{provider} vs {baseline}: x{ratio:.3f} ({got['median_ms']:.4g} vs {ref['median_ms']:.4g} ms), {word}"
 
 
 def ratio_line(rows):
