@@ -1,0 +1,134 @@
+"""`python -m gpkernels.train` / `gpkernels-train`: the command line of the reference trainer."""
+
+import math
+import pathlib
+import sys
+
+import torch
+
+from . import config as cfg
+from .loop import CHECKPOINT, Trainer, read_checkpoint
+
+
+def _default_out(given):
+    return pathlib.Path("runs") / f"{given['dataset']}-{given.get('regularizer') or 'gp'}-seed{given.get('seed') or 0}"
+
+
+def build(argv=None):
+    """(Trainer, args) from a command line; raises config.UsageError for a bad one."""
+    args = cfg.parser().parse_args(argv)
+    given = cfg.given_from_args(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise cfg.UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.resume and args.overwrite:
+        raise cfg.UsageError("--resume and --overwrite contradict each other")
+    if args.resume:
+        if args.out is None:
+            raise cfg.UsageError("--resume needs --out RUN_DIR (the run to continue)")
+        path = pathlib.Path(args.out) / CHECKPOINT
+        if not path.exists():
+            raise cfg.UsageError(f"--resume: {path} does not exist (nothing to resume)")
+        saved = read_checkpoint(path)["config"]
+        # Unset options come from the checkpoint; set ones must agree with it, except the resumable ones.
+        config = dict(saved)
+        for key, value in given.items():
+            if value is None:
+                continue
+            value = tuple(value) if key == "betas" else value
+            if key in cfg.RESUMABLE:
+                config[key] = value
+            elif saved.get(key) != value:
+                raise cfg.UsageError(f"the checkpoint was trained with --{key.replace('_', '-')} "
+                                     f"{saved.get(key)!r}, not {value!r}; only "
+                                     f"{', '.join('--' + k.replace('_', '-') for k in cfg.RESUMABLE)} may change "
+                                     f"on --resume")
+        cfg.check(config, {})
+    else:
+        config = cfg.resolve(given)
+    out = args.out if args.out is not None else _default_out(given)
+    trainer = Trainer(config, out=out, progress=not args.no_progress, resume=args.resume,
+                      overwrite=args.overwrite)
+    return trainer, args
+
+
+def summary(trainer):
+    """Lines describing the finished run."""
+    h = [r for r in trainer.history if any(k in r for k in ("w1", "frechet", "js4"))]
+    lines = [f"run directory   {trainer.out}",
+             f"steps           {trainer.step} in {trainer.train_seconds:.1f} s of training "
+             f"({trainer.step / max(trainer.train_seconds, 1e-9):.2f} steps/s)"]
+    if trainer.last:
+        lines.append(f"last step       critic loss {trainer.last['d_loss']:.4g}, generator loss "
+                     f"{trainer.last['g_loss']:.4g}, Wasserstein estimate {trainer.last['wasserstein']:.4g}")
+    if h:
+        r = h[-1]
+        if "w1" in r:
+            lines.append(f"W1 (exact, 1000 vs 1000 samples)   {r['w1']:.4f}")
+        if "frechet" in r:
+            ev = trainer.evaluator().frechet
+            lines.append(f"digits Frechet distance   {r['frechet']:.3f} (real held-out vs train: {ev.floor:.3f}; "
+                         f"classifier accuracy {ev.accuracy:.3f})")
+        if "js4" in r:
+            floor = trainer.evaluator().floor
+            lines.append("n-gram JS (bits)   " + ", ".join(f"JS-{n} {r[f'js{n}']:.4f}" for n in range(1, 5))
+                         + "   (real text: " + ", ".join(f"{floor[f'js{n}']:.4f}" for n in range(1, 5)) + ")")
+            lines.append("samples:")
+            lines.extend("  " + repr(s) for s in r["samples"][:8])
+    if trainer.reference is not None:
+        lines.append(f"largest |parameter - plain-autograd parameter|   {trainer.max_reference_difference():.3e}")
+    return lines
+
+
+def write_samples(trainer):
+    """RUN_DIR/samples.png (toy, digits) or samples.txt (text)."""
+    g = torch.Generator().manual_seed(trainer.config["seed"])
+    group = cfg.dataset_group(trainer.config["dataset"])
+    if group == "text":
+        strings = trainer.sampler.decode(trainer.generate(64, g))
+        (trainer.out / "samples.txt").write_text("\n".join(strings) + "\n")
+        return
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    if group == "toy":
+        from .plots import critic_contour
+        fig, ax = plt.subplots(figsize=(5, 5))
+        critic_contour(ax, trainer, g)
+    else:
+        images = trainer.generate(64, g)
+        fig, axes = plt.subplots(8, 8, figsize=(5, 5))
+        for ax, img in zip(axes.flat, images):
+            ax.imshow(img[0].numpy(), cmap="gray_r", vmin=-1, vmax=1)
+            ax.axis("off")
+    fig.suptitle(f"{trainer.config['dataset']} / {trainer.config['regularizer']}, step {trainer.step}")
+    fig.savefig(trainer.out / "samples.png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    prog = "gpkernels-train"
+    try:
+        trainer, args = build(argv)
+        if trainer.step >= trainer.config["steps"]:
+            print(f"{trainer.out} is already at step {trainer.step}; raise --steps to train further")
+            return 0
+        trainer.run()
+    except cfg.UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if trainer.main:
+        if trainer.out is not None:
+            write_samples(trainer)
+        print("\n".join(summary(trainer)))
+    if trainer.world > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The trainer's options: the command line, the paper's defaults per dataset and regulariser, and the
+checks that turn a bad combination into one clear sentence.
+
+A config is a plain dict (it is saved in every checkpoint). `resolve(given)` fills in defaults: first the
+dataset's, then the regulariser's, then whatever the user gave explicitly (None = not given).
+"""
+
+import argparse
+
+from .data import DATASETS, TOY
+
+REGULARIZERS = ("clip", "gp", "lp", "r1", "dragan", "fd", "none")
+PENALTIES = ("gp", "lp", "r1", "dragan", "fd")
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+
+
+class UsageError(Exception):
+    """A bad option, option combination or checkpoint: reported as one line, exit status 2."""
+
+
+# Gulrajani et al. (2017): toy sets with 512-wide ReLU MLPs, batch 256, lambda 0.1; images lambda 10 and
+# batch 64; the language model n_critic 10. Adam lr 1e-4, betas (0.5, 0.9). Weight clipping follows
+# Arjovsky et al. (2017): RMSprop lr 5e-5, c = 0.01.
+DATASET_DEFAULTS = {
+    "toy": dict(batch_size=256, weight=0.1, n_critic=5, width=512, depth=3, critic_depth=3, noise=2,
+                steps=2000, eval_every=100, layernorm=False),
+    "digits": dict(batch_size=64, weight=10.0, n_critic=5, width=64, depth=0, critic_depth=0, noise=64,
+                   steps=2000, eval_every=200, layernorm=False),
+    "text": dict(batch_size=64, weight=10.0, n_critic=10, width=128, depth=5, critic_depth=5, noise=128,
+                 steps=2000, eval_every=100, layernorm=False),
+}
+COMMON_DEFAULTS = dict(lazy=1, device="cpu", backend="auto", amp=False, seed=0, dtype="float32",
+                       compare_reference=False, text_file=None, log_every=10, checkpoint_every=500,
+                       time_budget=None, dragan_scale=0.5)
+# What may change when a run is resumed; everything else must match the checkpoint.
+RESUMABLE = ("steps", "log_every", "eval_every", "checkpoint_every", "time_budget", "backend")
+
+
+def dataset_group(name):
+    return "toy" if name in TOY else name
+
+
+def resolve(given):
+    """A complete config from the options the user gave (a dict; None means 'use the default')."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if "dataset" not in given:
+        raise UsageError("--dataset is required (or --resume with an --out that holds a run)")
+    given.setdefault("regularizer", "gp")
+    if given.get("dataset") not in DATASETS:
+        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}")
+    if given.get("regularizer") not in REGULARIZERS:
+        raise UsageError(f"--regularizer must be one of {', '.join(REGULARIZERS)}")
+    reg = given["regularizer"]
+    config = dict(COMMON_DEFAULTS)
+    config.update(DATASET_DEFAULTS[dataset_group(given["dataset"])])
+    if reg == "clip":
+        config.update(optimizer="rmsprop", lr=5e-5, betas=None, clip=0.01, weight=None)
+    else:
+        config.update(optimizer="adam", lr=1e-4, betas=(0.5, 0.9), clip=None)
+        if reg == "none":
+            config["weight"] = None
+    config.update(given)
+    if config.get("betas") is not None:
+        config["betas"] = tuple(float(b) for b in config["betas"])
+    check(config, given)
+    return config
+
+
+def check(config, given):
+    """Raise UsageError for a value out of range or an option that does not apply."""
+    reg = config["regularizer"]
+
+    def positive_int(name, flag, minimum=1):
+        v = config[name]
+        if not isinstance(v, int) or v < minimum:
+            raise UsageError(f"{flag} must be an integer >= {minimum}, got {v}")
+
+    positive_int("steps", "--steps")
+    positive_int("batch_size", "--batch-size", 2)
+    positive_int("n_critic", "--n-critic")
+    positive_int("lazy", "--lazy")
+    positive_int("log_every", "--log-every")
+    positive_int("eval_every", "--eval-every")
+    positive_int("checkpoint_every", "--checkpoint-every")
+    positive_int("width", "--width", 2)
+    if not (config["lr"] > 0):
+        raise UsageError(f"--lr must be > 0, got {config['lr']}")
+    if reg == "clip":
+        for flag, key in (("--weight", "weight"), ("--betas", "betas")):
+            if key in given:
+                raise UsageError(f"{flag} does not apply to --regularizer clip (RMSprop, no penalty)")
+        if not (config["clip"] > 0):
+            raise UsageError(f"--clip must be > 0, got {config['clip']}")
+    elif "clip" in given:
+        raise UsageError(f"--clip applies to --regularizer clip only, not {reg}")
+    if reg in ("clip", "none"):
+        if config["lazy"] != 1:
+            raise UsageError(f"--lazy applies to the penalties ({', '.join(PENALTIES)}), not {reg}")
+        if config["compare_reference"]:
+            raise UsageError(f"--compare-reference needs a penalty to compare ({', '.join(PENALTIES)}); "
+                             f"{reg} has none")
+    elif not (config["weight"] >= 0):
+        raise UsageError(f"--weight must be >= 0, got {config['weight']}")
+    if config["betas"] is not None:
+        b1, b2 = config["betas"]
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise UsageError(f"--betas must both lie in [0, 1), got {b1} {b2}")
+    if config["dtype"] not in ("float32", "float64"):
+        raise UsageError(f"--dtype must be float32 or float64, got {config['dtype']}")
+    if config["amp"] and config["dtype"] == "float64":
+        raise UsageError("--amp runs float32 models in reduced precision; it does not combine with --dtype float64")
+    if config["amp"] and config["compare_reference"]:
+        raise UsageError("--compare-reference compares exact arithmetic; run it without --amp")
+    if config["backend"] not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {config['backend']}")
+    if config["text_file"] is not None and config["dataset"] != "text":
+        raise UsageError("--text-file applies to --dataset text only")
+    if config["time_budget"] is not None and not (config["time_budget"] > 0):
+        raise UsageError(f"--time-budget must be > 0 seconds, got {config['time_budget']}")
+    if config["layernorm"] and config["dataset"] != "digits":
+        raise UsageError("--layernorm applies to the digits critic only")
+
+
+def parser(prog="gpkernels-train"):
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a WGAN with a chosen Lipschitz regulariser on a toy 2-D set, 8x8 digits or "
+                    "character text, with gpkernels' fused penalty. Defaults follow Gulrajani et al. (2017) "
+                    "per dataset; metrics go to RUN_DIR/metrics.jsonl, checkpoints to RUN_DIR/checkpoint.pt. "
+                    "Under torchrun it trains with DistributedDataParallel.")
+    a = p.add_argument
+    a("--dataset", choices=DATASETS, help="required unless --resume")
+    a("--regularizer", choices=REGULARIZERS,
+      help="clip: weight clipping (WGAN); gp: WGAN-GP; lp: one-sided (WGAN-LP); r1: zero-centred on real "
+           "samples; dragan: DRAGAN; fd: finite-difference slope penalty; none: unconstrained (default gp)")
+    a("--lazy", type=int, help="compute the penalty every K critic steps with weight x K (default 1)")
+    a("--steps", type=int, help="generator steps (each after --n-critic critic steps; default 2000)")
+    a("--batch-size", type=int, help="per process (toy 256, digits and text 64)")
+    a("--n-critic", type=int, help="critic steps per generator step (5; text 10)")
+    a("--lr", type=float, help="learning rate (Adam 1e-4; clip: RMSprop 5e-5)")
+    a("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="Adam betas (0.5 0.9)")
+    a("--clip", type=float, help="weight-clipping bound c (0.01)")
+    a("--weight", type=float, help="penalty weight lambda (toy 0.1, digits and text 10)")
+    a("--width", type=int, help="hidden width (toy 512, digits 64, text 128)")
+    a("--depth", type=int, help="hidden layers of the toy generator / residual blocks of the text nets")
+    a("--critic-depth", type=int, help="hidden layers of the toy critic (3)")
+    a("--layernorm", action="store_true", default=None, help="LayerNorm in the digits critic")
+    a("--device", help="cpu (default), cuda or cuda:N")
+    a("--backend", choices=BACKENDS, help="gpkernels backend of the penalty (auto)")
+    a("--amp", action="store_true", default=None,
+      help="mixed precision: float16 with a GradScaler on CUDA, bfloat16 on the CPU")
+    a("--dtype", choices=("float32", "float64"), help="parameter and data dtype (float32)")
+    a("--seed", type=int, help="seed of the initialisation, the batches and the penalty points (0)")
+    a("--text-file", help="train the text GAN on this UTF-8 file instead of Python's own documentation")
+    a("--out", metavar="RUN_DIR", help="run directory (default runs/DATASET-REGULARIZER-seedS)")
+    a("--resume", action="store_true", help="continue the run saved in RUN_DIR (to --steps)")
+    a("--overwrite", action="store_true", help="start afresh even if RUN_DIR holds a run")
+    a("--compare-reference", action="store_true", default=None,
+      help="train a copy with the plain-autograd penalty in lock-step and report the largest parameter "
+           "difference")
+    a("--log-every", type=int, help="steps between metrics.jsonl lines (10)")
+    a("--eval-every", type=int, help="steps between sample-quality evaluations (toy/text 100, digits 200)")
+    a("--checkpoint-every", type=int, help="steps between checkpoints (500; one is always written at the end)")
+    a("--time-budget", type=float, metavar="SECONDS", help="stop once training has taken this long")
+    a("--threads", type=int, help="torch.set_num_threads for CPU runs")
+    a("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def given_from_args(args):
+    """The config keys the user set on the command line (others None)."""
+    keys = ("dataset", "regularizer", "lazy", "steps", "batch_size", "n_critic", "lr", "betas", "clip",
+            "weight", "width", "depth", "critic_depth", "layernorm", "device", "backend", "amp", "dtype",
+            "seed", "text_file", "compare_reference", "log_every", "eval_every", "checkpoint_every",
+            "time_budget")
+    return {k: getattr(args, k) for k in keys}
