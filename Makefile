@@ -18,7 +18,7 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
 $(DEPS): $(VPY) Makefile
-	$(VPY) -m pip install --quiet "$(TORCH_SPEC)" ninja setuptools wheel pytest numpy expecttest matplotlib
+	$(VPY) -m pip install --quiet "$(TORCH_SPEC)" ninja setuptools wheel pytest numpy expecttest matplotlib pot scikit-learn tqdm
 	touch $@
 
 $(EXT_STAMP): $(DEPS) $(SOURCES)
@@ -32,6 +32,7 @@ info: build
 
 demo: build
 	$(VPY) -m gpkernels demo
+	$(VPY) -m gpkernels.train --dataset 8gaussians --regularizer gp --steps 300 --width 128 --out runs/demo --overwrite
 
 test: build
 	GPKERNELS_EXPECT_CUDA_BUILD=$(EXPECT_CUDA_BUILD) $(VPY) -m pytest -q tests

@@ -121,8 +121,15 @@ def check(config, given):
         raise UsageError("--layernorm applies to the digits critic only")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (and exit status 2), like the trainer's other usage errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def parser(prog="gpkernels-train"):
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=prog,
         description="Train a WGAN with a chosen Lipschitz regulariser on a toy 2-D set, 8x8 digits or "
                     "character text, with gpkernels' fused penalty. Defaults follow Gulrajani et al. (2017) "

@@ -136,7 +136,10 @@ class Trainer:
     def __init__(self, config, out=None, progress=True, resume=False, overwrite=False):
         self.config = config
         self.rank, self.world, local_rank = distributed_env()
-        device = torch.device(config["device"])
+        try:
+            device = torch.device(config["device"])
+        except RuntimeError:
+            raise UsageError(f"--device must be cpu, cuda or cuda:N, got {config['device']}") from None
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise UsageError(f"--device {config['device']}: torch sees no CUDA device here")
@@ -164,7 +167,8 @@ class Trainer:
         except OSError as e:
             raise UsageError(f"--text-file: {e}") from None
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            where = "" if config["text_file"] is None else f"--text-file {config['text_file']}: "
+            raise UsageError(where + str(e)) from None
         vocab = getattr(self.sampler, "vocab_size", None)
 
         seed = config["seed"]
@@ -277,7 +281,7 @@ class Trainer:
             self.scalers["g"].scale(loss).backward()
             self.scalers["g"].step(self.opt_g)
             self.scalers["g"].update()
-        return float(loss)
+        return float(loss.detach())
 
     def _reference_step(self, batches, z_gen, pen_states):
         """The plain-autograd copy's step on the same batches, noise and penalty points."""
@@ -353,12 +357,18 @@ class Trainer:
             if not path.exists():
                 raise UsageError(f"--resume: {path} does not exist (nothing to resume)")
             self.load(path)
-        elif self.main and (path.exists() or (self.out / METRICS).exists()):
+        existing = path.exists() or (self.out / METRICS).exists()
+        if self.world > 1:
+            # Every process looks before rank 0 writes anything, so all of them see the same directory and
+            # all of them stop on a refusal (none is left waiting in a collective).
+            dist.barrier()
+        if existing and not resume:
             if not overwrite:
                 raise UsageError(f"{self.out} already holds a run; pass --resume to continue it, --overwrite "
                                  f"to start again, or choose another --out")
-            for name in (CHECKPOINT, METRICS, "samples.png", "samples.txt"):
-                (self.out / name).unlink(missing_ok=True)
+            if self.main:
+                for name in (CHECKPOINT, METRICS, "samples.png", "samples.txt"):
+                    (self.out / name).unlink(missing_ok=True)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             lines = []
@@ -409,8 +419,8 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 self.train_seconds += time.perf_counter() - start
                 over_budget = budget is not None and self.train_seconds >= budget
-                stop = self._stop_flag()
-                last = self.step == total or over_budget or stop
+                stop = self._stop_flag(over_budget)
+                last = self.step == total or stop
                 self.last = record
                 if self.step % c["log_every"] == 0 or self.step % c["eval_every"] == 0 or last:
                     record = dict(step=self.step, seconds=round(self.train_seconds, 4),
@@ -428,7 +438,7 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(self._postfix(), refresh=False)
-                if over_budget or stop:
+                if stop:
                     break
         finally:
             if bar is not None:
@@ -449,11 +459,13 @@ class Trainer:
                     break
         return post
 
-    def _stop_flag(self):
-        """Whether any process asked to stop (Ctrl-C), agreed across processes so they stop together."""
+    def _stop_flag(self, over_budget=False):
+        """Whether any process asked to stop (Ctrl-C) or ran out of --time-budget, agreed across processes so
+        they stop together (each process times itself; one that trained on alone would wait forever in DDP)."""
+        local = self._stop_requested or over_budget
         if self.world == 1:
-            return self._stop_requested
-        flag = torch.tensor([1.0 if self._stop_requested else 0.0],
+            return local
+        flag = torch.tensor([1.0 if local else 0.0],
                             device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(flag)
         return bool(flag.item() > 0)
@@ -567,7 +579,12 @@ class Evaluator:
         self.dataset = dataset
         self.group = dataset_group(dataset)
         self.sampler = sampler
-        if self.group == "digits":
+        if self.group == "toy":
+            # Two real samples of the same size are not at W1 = 0: this is what a perfect generator scores.
+            g = torch.Generator().manual_seed(12345)
+            self.floor = metrics.w1(sampler.sample(self.TOY_SAMPLES, g).float().cpu(),
+                                    sampler.sample(self.TOY_SAMPLES, g).float().cpu())
+        elif self.group == "digits":
             if Evaluator._frechet is None:
                 s = sampler
                 Evaluator._frechet = metrics.DigitsFrechet(s.train, s.train_labels, s.heldout, s.heldout_labels)

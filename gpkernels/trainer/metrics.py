@@ -90,7 +90,7 @@ def train_digit_classifier(train, labels, epochs=30, seed=0):
 def frechet_distance(a, b):
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of (N, k) and (M, k) feature sets, float64.
     The trace of the matrix square root is taken from the eigenvalues of S_a^(1/2) S_b S_a^(1/2), which are
-    those of S_a S_b but come from a symmetric matrix."""
+    those of S_a S_b but come from a symmetric matrix. Rounding below zero is returned as 0."""
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = torch.cov(a.T), torch.cov(b.T)
@@ -98,7 +98,8 @@ def frechet_distance(a, b):
     root_a = evecs @ torch.diag(evals.clamp_min(0).sqrt()) @ evecs.T
     middle = root_a @ s_b @ root_a
     trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * trace_root)
+    value = float((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * trace_root)
+    return max(value, 0.0)       # rounding can leave -1e-6 for equal sets; the distance itself is >= 0
 
 
 class DigitsFrechet:

@@ -14,26 +14,17 @@ from torch.nn import functional as F
 
 
 class MLP(nn.Module):
-    """(B, d_in) -> (B, d_out) (squeezed to (B,) when d_out == 1): `depth` hidden ReLU layers of `width`.
-
-    `activations` (set by the grad-norms experiment) keeps each hidden layer's output of the last forward.
-    """
+    """(B, d_in) -> (B, d_out) (squeezed to (B,) when d_out == 1): `depth` hidden ReLU layers of `width`."""
 
     def __init__(self, d_in, d_out, width=512, depth=3):
         super().__init__()
         dims = [d_in] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.out = nn.Linear(dims[-1], d_out)
-        self.keep_activations = False
-        self.activations = []
 
     def forward(self, x):
-        self.activations = []
         for layer in self.hidden:
             x = F.relu(layer(x))
-            if self.keep_activations:
-                x.retain_grad()
-                self.activations.append(x)
         x = self.out(x)
         return x.squeeze(1) if x.shape[1] == 1 else x
 
