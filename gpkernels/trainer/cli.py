@@ -16,9 +16,6 @@ def _default_out(given):
 def build(argv=None):
     """(Trainer, args) from a command line; raises config.UsageError for a bad one."""
     args = cfg.parser().parse_args(argv)
-    # Weight clipping drives the critic's activations into subnormal floats, which x86 CPUs process 10-100x
-    # slower (a 12-layer clipped critic: 8x slower per step here); values below 1e-38 do not matter to training.
-    torch.set_flush_denormal(True)
     given = cfg.given_from_args(args)
     if args.threads is not None:
         if args.threads < 1:
@@ -114,6 +111,18 @@ def write_samples(trainer):
 
 
 def main(argv=None):
+    """The command line; returns the exit status (0, or 2 for a usage error)."""
+    # Weight clipping drives the critic's activations into subnormal floats, which x86 CPUs process 10-100x
+    # slower (a 12-layer clipped critic: 8x slower per step here); values below 1e-38 do not matter to training.
+    # The switch is process-wide, so it is turned back off (torch's default) on the way out.
+    torch.set_flush_denormal(True)
+    try:
+        return _main(argv)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _main(argv):
     prog = "gpkernels-train"
     try:
         trainer, args = build(argv)

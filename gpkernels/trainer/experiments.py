@@ -276,6 +276,16 @@ def convergence(ctx):
 
 # ---------------------------------------------------------------------------------------------- digits
 
+def _tile(images, rows=6, gap=1):
+    """(rows * rows, 1, 8, 8) images in [-1, 1] -> one (rows * (8 + gap) + gap)-square picture, -1 between."""
+    size = 8 + gap
+    canvas = torch.full((rows * size + gap, rows * size + gap), -1.0)
+    for i, img in enumerate(images[:rows * rows]):
+        r, c = divmod(i, rows)
+        canvas[gap + r * size:gap + r * size + 8, gap + c * size:gap + c * size + 8] = img[0].float()
+    return canvas
+
+
 def digits(ctx):
     """8x8 digits: the Frechet distance over training and samples, for clip, GP and FD."""
     steps = ctx.steps(400, 3000)
@@ -283,8 +293,8 @@ def digits(ctx):
     runs = {reg: ctx.train(f"digits {reg}", dataset="digits", regularizer=reg, steps=steps,
                            eval_every=max(1, steps // 10)) for reg in regs}
     plt = _plt()
-    fig = plt.figure(figsize=(12, 3.8))
-    grid = fig.add_gridspec(1, 1 + len(regs), width_ratios=[1.6] + [1] * len(regs))
+    fig = plt.figure(figsize=(14, 3.8))
+    grid = fig.add_gridspec(1, 2 + len(regs), width_ratios=[1.6] + [1] * (1 + len(regs)))
     ax = fig.add_subplot(grid[0, 0])
     numbers = {}
     for reg, trainer in runs.items():
@@ -299,12 +309,14 @@ def digits(ctx):
     ax.set_ylabel("Frechet distance (classifier features)")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    for k, (reg, trainer) in enumerate(runs.items()):
-        images = trainer.generate(36, torch.Generator().manual_seed(0))
-        tiles = images[:, 0].reshape(6, 6, 8, 8).permute(0, 2, 1, 3).reshape(48, 48)
+    real = next(iter(runs.values())).sampler.heldout[:36]
+    panels = [("held-out real digits", real)]
+    panels += [(f"{reg}: FD {numbers[reg]['final']:.1f}", trainer.generate(36, torch.Generator().manual_seed(0)))
+               for reg, trainer in runs.items()]
+    for k, (title, images) in enumerate(panels):
         sub = fig.add_subplot(grid[0, 1 + k])
-        sub.imshow(tiles.numpy(), cmap="gray_r", vmin=-1, vmax=1)
-        sub.set_title(f"{reg}: FD {numbers[reg]['final']:.1f}", fontsize=10)
+        sub.imshow(_tile(images).numpy(), cmap="gray_r", vmin=-1, vmax=1)
+        sub.set_title(title, fontsize=10)
         sub.axis("off")
     fig.suptitle(f"8x8 digits, {steps} generator steps (dotted: training vs held-out real digits)")
     fig.tight_layout()
@@ -401,8 +413,6 @@ def main(argv=None):
         if args.threads < 1:
             p.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    # Weight clipping drives activations into subnormal floats, which x86 CPUs process 10-100x slower.
-    torch.set_flush_denormal(True)
     out = pathlib.Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -412,14 +422,20 @@ def main(argv=None):
     names = NAMES if args.name == "all" else (args.name,)
     start = time.perf_counter()
     sections = []
-    for name in names:
-        if ctx.progress:
-            print(f"{name}:", flush=True)
-        t0 = time.perf_counter()
-        section = EXPERIMENTS[name](ctx)
-        section.update(name=name, seconds=time.perf_counter() - t0)
-        sections.append(section)
-        write_report(out, sections, args.quick, time.perf_counter() - start)
+    # Weight clipping drives activations into subnormal floats, which x86 CPUs process 10-100x slower. The
+    # switch is process-wide: back off (torch's default) on the way out.
+    torch.set_flush_denormal(True)
+    try:
+        for name in names:
+            if ctx.progress:
+                print(f"{name}:", flush=True)
+            t0 = time.perf_counter()
+            section = EXPERIMENTS[name](ctx)
+            section.update(name=name, seconds=time.perf_counter() - t0)
+            sections.append(section)
+            write_report(out, sections, args.quick, time.perf_counter() - start)
+    finally:
+        torch.set_flush_denormal(False)
     print(f"wrote {out / 'report.md'} ({', '.join(f for s in sections for f in s['figures'])})")
     return 0
 
