@@ -95,16 +95,13 @@ def write_samples(trainer):
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    from .plots import critic_contour, digit_grid
+    fig, ax = plt.subplots(figsize=(5, 5))
     if group == "toy":
-        from .plots import critic_contour
-        fig, ax = plt.subplots(figsize=(5, 5))
         critic_contour(ax, trainer, g)
     else:
-        images = trainer.generate(64, g)
-        fig, axes = plt.subplots(8, 8, figsize=(5, 5))
-        for ax, img in zip(axes.flat, images):
-            ax.imshow(img[0].numpy(), cmap="gray_r", vmin=-1, vmax=1)
-            ax.axis("off")
+        ax.imshow(digit_grid(trainer.generate(64, g), rows=8).numpy(), cmap="gray_r", vmin=-1, vmax=1)
+        ax.axis("off")
     fig.suptitle(f"{trainer.config['dataset']} / {trainer.config['regularizer']}, step {trainer.step}")
     fig.savefig(trainer.out / "samples.png", dpi=100)
     plt.close(fig)

@@ -27,6 +27,7 @@ import torch
 
 from .config import resolve
 from .loop import Trainer, _unwrap
+from .plots import critic_contour, digit_grid
 
 NAMES = ("weights", "grad-norms", "toy", "convergence", "digits", "text")
 TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
@@ -192,8 +193,6 @@ def grad_norms(ctx):
 
 def toy(ctx):
     """Critic contours and final W1 for every toy set and regulariser."""
-    from .plots import critic_contour
-
     width = 128 if ctx.quick else 512
     steps = ctx.steps(400, 2000)
     plt = _plt()
@@ -276,16 +275,6 @@ def convergence(ctx):
 
 # ---------------------------------------------------------------------------------------------- digits
 
-def _tile(images, rows=6, gap=1):
-    """(rows * rows, 1, 8, 8) images in [-1, 1] -> one (rows * (8 + gap) + gap)-square picture, -1 between."""
-    size = 8 + gap
-    canvas = torch.full((rows * size + gap, rows * size + gap), -1.0)
-    for i, img in enumerate(images[:rows * rows]):
-        r, c = divmod(i, rows)
-        canvas[gap + r * size:gap + r * size + 8, gap + c * size:gap + c * size + 8] = img[0].float()
-    return canvas
-
-
 def digits(ctx):
     """8x8 digits: the Frechet distance over training and samples, for clip, GP and FD."""
     steps = ctx.steps(400, 3000)
@@ -315,7 +304,7 @@ def digits(ctx):
                for reg, trainer in runs.items()]
     for k, (title, images) in enumerate(panels):
         sub = fig.add_subplot(grid[0, 1 + k])
-        sub.imshow(_tile(images).numpy(), cmap="gray_r", vmin=-1, vmax=1)
+        sub.imshow(digit_grid(images).numpy(), cmap="gray_r", vmin=-1, vmax=1)
         sub.set_title(title, fontsize=10)
         sub.axis("off")
     fig.suptitle(f"8x8 digits, {steps} generator steps (dotted: training vs held-out real digits)")

@@ -33,3 +33,13 @@ def critic_contour(ax, trainer, generator, n=500, grid=120, span=None):
     ax.set_xticks([])
     ax.set_yticks([])
     return filled
+
+
+def digit_grid(images, rows=6, gap=1):
+    """(rows * rows, 1, 8, 8) images in [-1, 1] -> one (rows * (8 + gap) + gap)-square picture, -1 between."""
+    size = 8 + gap
+    canvas = torch.full((rows * size + gap, rows * size + gap), -1.0)
+    for i, img in enumerate(images[:rows * rows]):
+        r, c = divmod(i, rows)
+        canvas[gap + r * size:gap + r * size + 8, gap + c * size:gap + c * size + 8] = img[0].float()
+    return canvas
