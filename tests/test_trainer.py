@@ -594,3 +594,30 @@ def test_ddp_ranks_stop_together_on_the_time_budget(tmp_path):
     steps = [torch.load(f"{path}.{r}", weights_only=True) for r in (0, 1)]
     assert [s["rank"] for s in steps] == [0, 1]
     assert [s["step"] for s in steps] == [1, 1]
+
+
+# -------------------------------------------------------------------------------------------- divergence
+
+def test_a_diverged_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    """Non-finite losses stop the run at that step with exit status 1 and one line naming the step; the
+    checkpoint stays the last finite one, so --resume (e.g. with another --lr... not allowed: with the same
+    settings) is never handed NaN parameters."""
+    real_step = Trainer.train_step
+
+    def step_that_diverges_at_5(self):
+        record = real_step(self)
+        if self.step == 5:
+            record["d_loss"] = math.nan
+        return record
+
+    monkeypatch.setattr(Trainer, "train_step", step_that_diverges_at_5)
+    out = tmp_path / "run"
+    argv = ["--out", str(out), *TINY, "--dataset", "8gaussians", "--steps", "20", "--checkpoint-every", "2",
+            "--log-every", "1"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diverged at step 5" in err[0] and "from step 4" in err[0]
+    assert checkpoint(out)["step"] == 4
+    logged = records(out)
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]
+    assert logged[-1]["d_loss"] is None                    # written as null, not as a number

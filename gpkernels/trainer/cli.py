@@ -132,6 +132,16 @@ def _main(argv):
                 print(f"{trainer.out} is already at step {trainer.step}; raise --steps to train further")
         else:
             trainer.run()
+            if trainer.diverged is not None:
+                if trainer.main:
+                    saved = "no checkpoint was written"
+                    if trainer.out is not None and (trainer.out / CHECKPOINT).exists():
+                        step = read_checkpoint(trainer.out / CHECKPOINT)["step"]
+                        saved = f"the checkpoint in {trainer.out} is from step {step}"
+                    losses = ", ".join(f"{k} {trainer.last[k]}" for k in ("d_loss", "g_loss"))
+                    print(f"{prog}: training diverged at step {trainer.diverged} ({losses}); {saved}. A smaller "
+                          f"--lr or a larger --weight may help.", file=sys.stderr)
+                return 1
             if trainer.main:
                 if trainer.out is not None:
                     write_samples(trainer)

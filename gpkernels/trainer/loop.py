@@ -207,6 +207,7 @@ class Trainer:
             if device.type == "cuda":
                 self.scalers = dict(d=torch.amp.GradScaler("cuda"), g=torch.amp.GradScaler("cuda"))
         self.step = 0
+        self.diverged = None                 # the step whose losses were not finite, if training diverged
         self.train_seconds = 0.0
         self.history = []
         self.last = {}
@@ -396,7 +397,9 @@ class Trainer:
 
     def run(self, steps=None, quiet=False):
         """Train until `steps` generator steps (config["steps"] by default) or the time budget; evaluate,
-        log and checkpoint on the way. Ctrl-C stops after the current step with a checkpoint."""
+        log and checkpoint on the way. Ctrl-C stops after the current step with a checkpoint. A step whose
+        losses are not finite (without AMP's scaler) stops the run at once, sets `diverged` to that step and
+        leaves the last checkpoint as it was."""
         c = self.config
         total = c["steps"] if steps is None else steps
         budget = c["time_budget"]
@@ -418,8 +421,19 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 self.train_seconds += time.perf_counter() - start
+                # Non-finite losses mean the run diverged. (With a GradScaler a non-finite step is expected now
+                # and then: the scaler skips it and lowers its scale.)
+                bad = self.scalers is None and not all(math.isfinite(record[k]) for k in ("d_loss", "g_loss"))
                 over_budget = budget is not None and self.train_seconds >= budget
-                stop = self._stop_flag(over_budget)
+                stop, bad = self._stop_flag(over_budget, bad)
+                if bad:
+                    # Log what happened, keep the last good checkpoint, stop (every process, together).
+                    self.diverged = self.step
+                    self.last = record
+                    if self.main:
+                        self._log(dict(step=self.step, seconds=round(self.train_seconds, 4),
+                                       **{k: _finite(v) for k, v in record.items()}))
+                    break
                 last = self.step == total or stop
                 self.last = record
                 if self.step % c["log_every"] == 0 or self.step % c["eval_every"] == 0 or last:
@@ -459,16 +473,17 @@ class Trainer:
                     break
         return post
 
-    def _stop_flag(self, over_budget=False):
-        """Whether any process asked to stop (Ctrl-C) or ran out of --time-budget, agreed across processes so
-        they stop together (each process times itself; one that trained on alone would wait forever in DDP)."""
-        local = self._stop_requested or over_budget
+    def _stop_flag(self, over_budget=False, diverged=False):
+        """(stop, diverged): whether any process asked to stop (Ctrl-C), ran out of --time-budget or saw
+        non-finite losses, agreed across processes so they stop together (each process times itself and sees
+        its own batches; one that trained on alone would wait forever in DDP)."""
+        stop = self._stop_requested or over_budget or diverged
         if self.world == 1:
-            return local
-        flag = torch.tensor([1.0 if local else 0.0],
-                            device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(flag)
-        return bool(flag.item() > 0)
+            return stop, diverged
+        flags = torch.tensor([float(stop), float(diverged)],
+                             device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flags)
+        return bool(flags[0].item() > 0), bool(flags[1].item() > 0)
 
     # ------------------------------------------------------------------------------------ checkpoints
 
