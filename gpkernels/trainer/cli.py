@@ -89,13 +89,10 @@ def write_samples(trainer):
         strings = trainer.sampler.decode(trainer.generate(64, g))
         (trainer.out / "samples.txt").write_text("\n".join(strings) + "\n")
         return
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    from .plots import critic_contour, digit_grid, pyplot
+    plt = pyplot()
+    if plt is None:
         return
-    from .plots import critic_contour, digit_grid
     fig, ax = plt.subplots(figsize=(5, 5))
     if group == "toy":
         critic_contour(ax, trainer, g)

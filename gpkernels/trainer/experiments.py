@@ -27,7 +27,7 @@ import torch
 
 from .config import resolve
 from .loop import Trainer, _unwrap
-from .plots import critic_contour, digit_grid
+from .plots import critic_contour, digit_grid, pyplot
 
 NAMES = ("weights", "grad-norms", "toy", "convergence", "digits", "text")
 TOY_SETS = ("8gaussians", "25gaussians", "swissroll")
@@ -35,9 +35,9 @@ TOY_REGULARIZERS = ("clip", "gp", "lp", "r1", "dragan", "fd", "none")
 
 
 def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        raise RuntimeError("the experiments draw with matplotlib: pip install matplotlib")
     return plt
 
 

@@ -591,7 +591,6 @@ class Evaluator:
     _frechet = None                          # the digit classifier, shared by every trainer of a process
 
     def __init__(self, dataset, sampler):
-        self.dataset = dataset
         self.group = dataset_group(dataset)
         self.sampler = sampler
         if self.group == "toy":

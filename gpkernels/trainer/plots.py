@@ -5,18 +5,25 @@ import torch
 from .loop import _unwrap
 
 
-def critic_contour(ax, trainer, generator, n=500, grid=120, span=None):
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def critic_contour(ax, trainer, generator, n=500, grid=120):
     """Draw the critic's value as filled contours on a 2-D toy set, with `n` real (orange) and generated
     (green) samples on top. Returns the contour set (for a colour bar)."""
     real = trainer.sampler.sample(n, generator).float().cpu()
     fake = trainer.generate(n, generator)
     both = torch.cat([real, fake])
-    if span is None:
-        lo = both.min(0).values.clamp(min=-4.0) - 0.3
-        hi = both.max(0).values.clamp(max=4.0) + 0.3
-    else:
-        lo = torch.tensor([-span, -span])
-        hi = torch.tensor([span, span])
+    lo = both.min(0).values.clamp(min=-4.0) - 0.3
+    hi = both.max(0).values.clamp(max=4.0) + 0.3
     xs = torch.linspace(float(lo[0]), float(hi[0]), grid)
     ys = torch.linspace(float(lo[1]), float(hi[1]), grid)
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
