@@ -240,6 +240,22 @@ def rel_err(got, want):
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
+VERDICT_LEGEND = ("Verdicts (\"not slower\": ratio >= 1; \"within noise\": ratio < 1 but the interquartile ranges "
+                  "overlap; else SLOWER):")
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only: no display on a benchmark machine), or None when
+    matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def verdict(rows, provider, baseline):
     """One line: `provider` against `baseline` in the configuration of `rows`: "not slower" when the
     median ratio is >= 1, "within noise" when below 1 with overlapping interquartile ranges, else SLOWER."""

@@ -126,7 +126,7 @@ if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_head.p
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
 from _common import (REPO, Timer, environment_lines, machine_name, measure_long, median_iqr,  # noqa: E402
-                     peak_extra_bytes, peak_method_check, write_csv, write_report)
+                     peak_extra_bytes, peak_method_check, pyplot, write_csv, write_report)
 
 import gpkernels  # noqa: E402
 
@@ -604,12 +604,9 @@ def compile_table(rows):
 def plot(rows, path):
     """Per (dtype, pass) at the first thread count: achieved GB/s against B*N for every provider, and
     gpkernels' speed-ups per shape. Returns False when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")  # files only: no display on a benchmark machine
-    import matplotlib.pyplot as plt
 
     first = rows[0]["threads"]
     backend = rows[0]["backend"]

@@ -65,7 +65,8 @@ if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_penalt
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
 from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
-                     rel_err, timing_bars, verdict, write_csv, write_report)
+                     VERDICT_LEGEND, pyplot, rel_err, timing_bars, verdict, write_csv,
+                     write_report)
 from _critics import ConvCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
@@ -290,12 +291,9 @@ def markdown_table(rows, with_iqr):
 def plot(rows, path):
     """A bar chart of median ms per provider (IQR as error bars), one panel per configuration. Returns
     False when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")  # files only: no display on a benchmark machine
-    import matplotlib.pyplot as plt
 
     groups = []
     for r in rows:
@@ -380,8 +378,7 @@ def main(argv=None):
         "",
         markdown_table(rows, with_iqr=True),
         "",
-        "Verdicts (\"not slower\": ratio >= 1; \"within noise\": ratio < 1 but the interquartile ranges "
-        "overlap; else SLOWER):",
+        VERDICT_LEGEND,
         "",
         *[f"- {v}" for v in verdicts],
         "",

@@ -90,7 +90,8 @@ if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_step.p
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
 from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
-                     rel_err, timing_bars, verdict, write_csv, write_report)
+                     VERDICT_LEGEND, pyplot, rel_err, timing_bars, verdict, write_csv,
+                     write_report)
 from _critics import ConvCritic, ResNetCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
@@ -522,12 +523,9 @@ def markdown_table(rows):
 def plot(rows, path):
     """Bar charts of median ms per step (IQR as error bars, labels: x plain step), one panel per critic
     (columns) and thread count (rows). Returns False when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")  # files only: no display on a benchmark machine
-    import matplotlib.pyplot as plt
 
     critics = list(dict.fromkeys(r["critic"] for r in rows))
     threads = list(dict.fromkeys(r["threads"] for r in rows))
@@ -641,8 +639,7 @@ def main(argv=None):
         "",
         markdown_table(rows),
         "",
-        "Verdicts (\"not slower\": ratio >= 1; \"within noise\": ratio < 1 but the interquartile ranges "
-        "overlap; else SLOWER):",
+        VERDICT_LEGEND,
         "",
         *[f"- {v}" for v in verdicts],
         "",
