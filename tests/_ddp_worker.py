@@ -22,8 +22,9 @@ CASES = [("8gaussians", "gp"), ("8gaussians", "r1"), ("8gaussians", "fd"), ("dig
 
 def config(dataset, regularizer):
     from gpkernels.trainer.config import resolve
-    return resolve(dict(dataset=dataset, regularizer=regularizer, dtype="float64", width=8, depth=1,
-                        critic_depth=2, batch_size=HALF, weight=10.0, steps=1, seed=3))
+    depths = dict(depth=1, critic_depth=2) if dataset != "digits" else {}   # the digits nets have a fixed depth
+    return resolve(dict(dataset=dataset, regularizer=regularizer, dtype="float64", width=8, batch_size=HALF,
+                        weight=10.0, steps=1, seed=3, **depths))
 
 
 def inputs(trainer, regularizer, n):

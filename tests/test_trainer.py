@@ -70,9 +70,30 @@ def _one_thread(digit_cache):
     torch.set_num_threads(threads)
 
 
+def tiny(dataset):
+    """TINY without the depth options that the dataset's nets do not take (a usage error there)."""
+    skip = {"digits": ("--depth", "--critic-depth"), "text": ("--critic-depth",)}.get(dataset, ())
+    argv, i = [], 0
+    while i < len(TINY):
+        if TINY[i] in skip:
+            i += 2                           # the option and its value
+            continue
+        argv.append(TINY[i])
+        i += 1
+    return argv
+
+
 def train(out, *args):
-    """cli.main on a tiny net; asserts exit status 0."""
-    argv = ["--out", str(out), *TINY, *map(str, args)]
+    """cli.main on a tiny net; asserts exit status 0. The dataset comes from --dataset, or on a resume from
+    the run's checkpoint."""
+    args = [str(a) for a in args]
+    if "--dataset" in args:
+        dataset = args[args.index("--dataset") + 1]
+    elif (pathlib.Path(out) / CHECKPOINT).exists():
+        dataset = read_checkpoint(pathlib.Path(out) / CHECKPOINT)["config"]["dataset"]
+    else:
+        dataset = None
+    argv = ["--out", str(out), *tiny(dataset), *args]
     assert cli.main(argv) == 0, argv
     return out
 
@@ -403,6 +424,8 @@ OPTION_ERRORS = [
     pytest.param(TOYGP + ["--amp", "--compare-reference"], ["--compare-reference", "--amp"],
                  id="amp-compare-reference"),
     pytest.param(TOYGP + ["--layernorm"], ["--layernorm"], id="layernorm-toy"),
+    pytest.param(["--dataset", "digits", "--depth", "3"], ["--depth"], id="depth-digits"),
+    pytest.param(["--dataset", "text", "--critic-depth", "3"], ["--critic-depth"], id="critic-depth-text"),
     pytest.param(TOYGP + ["--text-file", "x.txt"], ["--text-file"], id="text-file-toy"),
     pytest.param(TOYGP + ["--time-budget", "0"], ["--time-budget"], id="time-budget-0"),
     pytest.param(TOYGP + ["--threads", "0"], ["--threads"], id="threads-0"),

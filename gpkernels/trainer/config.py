@@ -119,6 +119,12 @@ def check(config, given):
         raise UsageError(f"--time-budget must be > 0 seconds, got {config['time_budget']}")
     if config["layernorm"] and config["dataset"] != "digits":
         raise UsageError("--layernorm applies to the digits critic only")
+    # The digits nets have a fixed depth and the text critic shares --depth with its generator: say so rather
+    # than ignore the option.
+    if "depth" in given and config["dataset"] == "digits":
+        raise UsageError("--depth applies to the toy generator and the text nets, not to digits")
+    if "critic_depth" in given and config["dataset"] not in TOY:
+        raise UsageError("--critic-depth applies to the toy critic only (text: --depth sets both nets)")
 
 
 class _Parser(argparse.ArgumentParser):
