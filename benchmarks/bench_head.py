@@ -1,18 +1,24 @@
-"""Benchmark of the WGAN-GP "penalty head": interpolate + penalty forward + backward (+ double backward).
+"""Benchmark of the WGAN-GP "penalty head": interpolate + penalty forward + penalty backward, the path a training
+step runs; and, in a table of its own, the penalty op's exact double backward, which training does not run.
 
 What is timed, per configuration (threads, dtype, pass, B, N) and provider, is exactly this work:
 
     x_hat = alpha_i * real + (1 - alpha_i) * fake     alpha ~ U[0, 1), one per sample, drawn each call
     loss  = 10 * mean_i (||g_i|| - 1)^2                g: a (B, N) stand-in for dD/dx_hat, requires grad
-    dg    = d loss / d g                               pass "fwd+bwd": autograd.grad(loss, g)
-    d2    = (d dg / d g)^T v                           pass "fwd+bwd+dbl" only: dg is taken with
+    dg    = d loss / d g                               pass "training": autograd.grad(loss, g)
+    d2    = (d dg / d g)^T v                           pass "op-double-backward" only: dg is taken with
                                                        create_graph=True, then autograd.grad(dg, g, v)
 
-(In training, g = dD/dx_hat comes from a double-backward through the critic; here x_hat feeds nothing and g
-is a leaf tensor, so only the head itself is measured, not the critic.) In the "fwd+bwd+dbl" pass, v is a
-fixed random (B, N) tensor standing for the gradient that the critic's outer backward sends into dg: the
-penalty's part of that backward. autograd.grad(dg, g, grad_outputs=v) is the same vector-Jacobian product
-as autograd.grad((dg * v).sum(), g), without timing an extra multiply-and-sum that training does not do.
+Pass "training" is the head's share of a WGAN-GP critic step: in training, g = dD/dx_hat comes from the inner
+autograd.grad through the critic, loss.backward() runs the penalty's backward (dg) and then the critic's
+second-order backward, whose cost is autograd's and the critic's (bench_step.py times the whole step). Here
+x_hat feeds nothing and g is a leaf tensor, so only the head itself is measured, not the critic.
+
+Pass "op-double-backward" differentiates the penalty's backward once more: d2 is what gradgradcheck,
+Hessian-vector products of the penalty w.r.t. g, and other higher-order uses need. A WGAN-GP training step
+never runs it (its second derivatives are the critic's, not the penalty op's). v is a fixed random (B, N)
+tensor; autograd.grad(dg, g, grad_outputs=v) is the same vector-Jacobian product as
+autograd.grad((dg * v).sum(), g), without timing an extra multiply-and-sum.
 
 dtypes: fp32, and bf16 where real, fake, g (and v) are bf16. gpkernels accumulates bf16 in fp32 and returns
 an fp32 loss; the eager formulas run in bf16 as written (alpha drawn in the input dtype so that x_hat stays
@@ -32,7 +38,7 @@ Providers:
                TORCHINDUCTOR_CACHE_DIR set, inductor's on-disk caches go to a fresh directory removed at exit,
                so compile times are cold; a throw-away compile of a tiny input first takes the one-time
                set-up (the C++ prefix header) out of them. A configuration whose generated kernels match an
-               earlier one's in the same run reuses them and shows a shorter time. For the "fwd+bwd+dbl"
+               earlier one's in the same run reuses them and shows a shorter time. For the "op-double-backward"
                pass, the double backward through the compiled graph is tried once per run, first with
                torch's default settings, then with torch._functorch.config.donated_buffer=False (donated
                buffers alone make a compiled backward refuse create_graph=True); when both fail, the table
@@ -48,10 +54,10 @@ Providers:
 Bytes moved by a fused head ("GB/s" and the copy floor), e = bytes per element of the dtype (fp32 4, bf16 2):
     interpolate        reads real, fake, writes x_hat       3 * B*N
     penalty forward    reads g                              1 * B*N
-    penalty backward   reads g, writes dg                   2 * B*N      fwd+bwd total: 6 * e * B*N
-    double backward    reads g, v, writes d2                3 * B*N      fwd+bwd+dbl total: 9 * e * B*N
+    penalty backward   reads g, writes dg                   2 * B*N      training total: 6 * e * B*N
+    double backward    reads g, v, writes d2                3 * B*N      op-double-backward total: 9 * e * B*N
 (The per-sample alpha, norms, <g_i, v_i> and the scalar loss are O(B) and ignored.) A copy of k elements
-reads k and writes k, so the copy floor copies k = 3 * B*N (fwd+bwd) or ceil(4.5 * B*N) (fwd+bwd+dbl)
+reads k and writes k, so the copy floor copies k = 3 * B*N (training) or ceil(4.5 * B*N) (op-double-backward)
 elements of the same dtype: the same bytes. GB/s = those bytes / median time, for every provider.
 
 Peak memory ("peak MB", 1 MB = 1e6 bytes): the peak of the memory allocated during one call beyond what was
@@ -76,10 +82,10 @@ torch.set_num_threads(T) for each T of --threads; CUDA timing uses torch.cuda.Ev
 
 Full mode (no --quick) covers, to finish in about 15 minutes on a 2-core CPU (see FULL_COVERAGE_TEXT):
     1 thread:   B in {64, 256, 1024} x N in {2, 784, 3072, 12288, 49152}, fp32 and bf16, both passes,
-                all providers (compiled: fwd+bwd timed, fwd+bwd+dbl tried once)
+                all providers (compiled: training timed, op-double-backward tried once)
     2 threads:  the same grid, fp32 only (bf16 at 2 threads is not timed)
     20 samples per provider and configuration, each >= 2 ms.
---quick (for `make bench`): B in {64, 256} x N in {784, 3072}, fp32, fwd+bwd, 1 thread, 5 samples, no
+--quick (for `make bench`): B in {64, 256} x N in {784, 3072}, fp32, training, 1 thread, 5 samples, no
 compiled provider unless --compile is given (its compile time alone would exceed make bench's budget).
 Explicit --batch, --features or --dtypes turn the full mode's subsetting off: every combination given is
 timed (--threads and --passes only choose what is run).
@@ -132,10 +138,10 @@ import gpkernels  # noqa: E402
 
 WEIGHT = 10.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PASSES = ("fwd+bwd", "fwd+bwd+dbl")
+PASSES = ("training", "op-double-backward")
 RTOL = {"fp32": 1e-5, "bf16": 2e-2}  # see the module docstring
 # Elements moved per B*N by a fused head (module docstring).
-UNITS = {"fwd+bwd": 6, "fwd+bwd+dbl": 9}
+UNITS = {"training": 6, "op-double-backward": 9}
 TARGET_MIN_N = 784
 TARGET_VS_POPULAR = 3.0   # gpkernels at least this many times faster than popular eager
 TARGET_VS_BEST = 1.5      # ... than best eager
@@ -322,7 +328,7 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=None,
                    help="input dtypes (default: fp32 bf16; fp32 with --quick)")
     p.add_argument("--passes", nargs="+", choices=PASSES, default=None,
-                   help="work timed (default: both; fwd+bwd with --quick)")
+                   help="work timed (default: both; training with --quick)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed samples per provider and configuration (default: 20; 5 with --quick)")
     p.add_argument("--min-sample-ms", type=float, default=None,
@@ -338,7 +344,7 @@ def parse_args(argv=None):
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time the torch.compile provider (default: yes; no with --quick)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: fewer repeats and shapes, fp32, fwd+bwd, no compile; writes "
+                   help="smoke run: fewer repeats and shapes, fp32, training, no compile; writes "
                         "bench_head_quick.{csv,md,png}")
     p.add_argument("--out", default=None,
                    help="output directory (default: benchmarks/results/<machine>/, e.g. cpu-amd-epyc-1-2t or "
@@ -359,7 +365,7 @@ def parse_args(argv=None):
     if args.dtypes is None:
         args.dtypes = ["fp32"] if args.quick else list(DTYPES)
     if args.passes is None:
-        args.passes = ["fwd+bwd"] if args.quick else list(PASSES)
+        args.passes = ["training"] if args.quick else list(PASSES)
     if args.compile is None:
         args.compile = not args.quick
     if min(args.threads) < 1 or args.repeats < 1 or args.warmup < 0:
@@ -432,7 +438,7 @@ def compiled_provider(where, dbl, v, real, fake, g, want, alpha, rtol, state):
 def run_config(threads, dtype, pass_, B, N, device, backends, args, timer, state, peak_ok):
     where = f"{dtype} {pass_} threads={threads} B={B} N={N}"
     dt = DTYPES[dtype]
-    dbl = pass_ == "fwd+bwd+dbl"
+    dbl = pass_ == "op-double-backward"
     real = torch.randn(B, N, device=device).to(dt)
     fake = torch.randn(B, N, device=device).to(dt)
     # Gradient norms around 1.5, as for a critic near the WGAN-GP regime (the values do not affect timing).
@@ -748,9 +754,11 @@ def main(argv=None):
         "# Penalty head benchmark (bench_head.py)",
         "",
         "Timed work per call: `x_hat = interpolate(real, fake)` (fresh alpha ~ U[0,1) per sample), "
-        "`loss = 10 * mean_i (||g_i|| - 1)^2`, `dg = autograd.grad(loss, g)` (pass fwd+bwd); pass fwd+bwd+dbl "
-        "takes dg with `create_graph=True` and adds `autograd.grad(dg, g, grad_outputs=v)` for a fixed random "
-        "v, the penalty's part of the critic's outer backward. real, fake, g (, v): (B, N) in the row's dtype.",
+        "`loss = 10 * mean_i (||g_i|| - 1)^2`, `dg = autograd.grad(loss, g)` (pass training: the head's share "
+        "of a WGAN-GP training step); pass op-double-backward takes dg with `create_graph=True` and adds "
+        "`autograd.grad(dg, g, grad_outputs=v)` for a fixed random v: the penalty op's exact double backward, "
+        "for gradgradcheck, Hessian-vector products and higher-order uses, which a training step never runs. "
+        "real, fake, g (, v): (B, N) in the row's dtype.",
         "popular: `alpha*real + (1-alpha)*fake`, `g.view(B,-1).norm(2, dim=1)`; best: `torch.lerp`, "
         "`torch.linalg.vector_norm`; compiled: `torch.compile(dynamic=False)` of best's (x_hat, loss), the "
         "gradients taken outside it; gpkernels: `gpkernels.interpolate` + `gpkernels.penalty`.",

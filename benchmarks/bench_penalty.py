@@ -13,10 +13,11 @@ Providers:
                       x.requires_grad_(True); g = autograd.grad(D(x).sum(), x, create_graph=True)[0];
                       gp = 10 * ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
     gpkernels         gpkernels.gradient_penalty(D, real, fake, backend="cpu")
-    gpkernels-exact   the same with fast_relu=False: autograd's own graph for the critic's ReLU/LeakyReLU,
-                      whose materialised-zero second derivative makes the outer backward run through the
-                      whole forward graph of D(x_hat) (see gpkernels/_activations.py); what the fused
-                      kernels alone give
+    gpkernels-exact   the same with fast_relu=False: autograd's own graph for the whole critic, whose
+                      materialised-zero second derivatives (ReLU, LeakyReLU) make the outer backward run
+                      through the whole forward graph of D(x_hat), and whose convolutions compute the
+                      double backward's weight gradient as a slower convolution over the batch (see
+                      gpkernels/_reroute.py); what the fused kernels alone give
     gpkernels-lazy4   gpkernels.GradientPenalty(lazy=4, backend="cpu") called 4 times per timed call, the
                       time divided by 4: the amortised cost per training step. One call in 4 computes the
                       penalty (weight 4 * 10) and is back-propagated; the other three return a zero without
@@ -33,6 +34,8 @@ Critics (no BatchNorm, as WGAN-GP's critic has none):
     dcgan32   Conv(3,64,4,2,1)-LReLU(0.2)-Conv(64,128,4,2,1)-LReLU-Conv(128,256,4,2,1)-LReLU-Conv(256,1,4,1,0)
               on 3x32x32, B = 64
     dcgan64   the same with one more stride-2 stage to 512 channels, on 3x64x64, B = 64 (not with --quick)
+    mlp-inplace, dcgan32-inplace  the same critics with in-place activations (nn.ReLU(True),
+              nn.LeakyReLU(0.2, True)), as most public WGAN-GP code writes them (not with --quick)
 
 Method: before timing a critic, the gpkernels penalty and every parameter gradient are checked against
 plain with the same alpha (and the lazy module's computed call against 4x plain, fd against plain-fd with
@@ -84,7 +87,9 @@ PROVIDERS = ("plain", "gpkernels", "gpkernels-exact", "gpkernels-lazy4", "fd", "
 # (name, constructor, per-sample input shape, batch sizes in full mode, batch sizes with --quick)
 CRITICS = [
     ("mlp", mlp_critic, (2,), (256, 1024), (256,)),
+    ("mlp-inplace", lambda: mlp_critic(inplace=True), (2,), (256,), ()),
     ("dcgan32", lambda: ConvCritic(32), (3, 32, 32), (64,), (64,)),
+    ("dcgan32-inplace", lambda: ConvCritic(32, inplace=True), (3, 32, 32), (64,), ()),
     ("dcgan64", lambda: ConvCritic(64), (3, 64, 64), (64,), ()),
 ]
 

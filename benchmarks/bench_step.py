@@ -45,6 +45,9 @@ Critics (none has BatchNorm, as WGAN-GP's critic has none; see _critics.py):
     resnet32   a small pre-activation ResNet without normalisation, 64 channels, on 3x32x32, B = 64
                (not with --quick)
     dcgan64    the DCGAN critic with one more stage (512 channels) on 3x64x64, B = 64 (not with --quick)
+    <name>-inplace  the same critic with in-place activations (nn.ReLU(True), nn.LeakyReLU(0.2, True)), as
+               most public WGAN-GP code writes them; timed for plain, gp-popular, gp-best and gp-gpkernels
+               only (the providers whose autograd graph the in-place form changes)
 
 Method: before timing a critic, the step's loss and every parameter gradient of each penalty provider are
 checked on its own critic copy (before that copy has taken a step) against gp-popular with the same alpha:
@@ -64,9 +67,18 @@ each round) so that background load hits all of them alike. Reported: median and
 per-step time; "x plain step" = provider ms / plain ms (the step's cost in plain critic steps measured in the
 same run); "x vs gp-best" = gp-best ms / provider ms (> 1 is faster than gp-best).
 
+FLOPs (deterministic, not timed): each autograd provider's step (forwards and backward; Adam's update has
+none) is counted once with FlopCounterMode's formulas (matrix products and convolutions) and reported as a
+multiple of the plain step's FLOPs. The FLOP floor of an exact GP step, over the plain step, is
+(plain + 4F) / plain with F one critic forward on the batch: the forward at x_hat (F), the inner input
+gradient (F) and the outer backward (2F: per layer one forward-like product for the incoming gradient and
+one weight-gradient product). For a piecewise-linear critic nothing cheaper computes the exact penalty's
+gradient; autograd alone does 2F more in the outer backward, on zeros (see gpkernels/_reroute.py).
+
 Verdicts, per critic and thread count: gp-gpkernels against gp-best (and against gp-func-compiled where it
 ran): "not slower" when the measured ratio is >= 1, "within noise" when it is below 1 but the two
-interquartile ranges overlap, else "SLOWER"; and the GP/plain step ratio of every penalty provider.
+interquartile ranges overlap, else "SLOWER"; gp-gpkernels' cost against the FLOP floor; and the GP/plain
+step ratio of every penalty provider.
 
 Usage (from the repository root):
     PYTHONPATH=. python benchmarks/bench_step.py --threads 1 2                     # full run, ~14 min on 2 cores
@@ -89,7 +101,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_step.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
+from _common import (REPO, Flops, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
                      VERDICT_LEGEND, pyplot, rel_err, timing_bars, verdict, write_csv,
                      write_report)
 from _critics import ConvCritic, ResNetCritic, mlp_critic  # noqa: E402
@@ -105,13 +117,22 @@ PENALTIES = ("gp-popular", "gp-best", "gp-gpkernels", "gp-lazy4", "fd", "gp-func
 PROVIDERS = ("plain",) + PENALTIES
 MIN_FULL_REPEATS = 20
 
-# (name, constructor, per-sample input shape, batch size, in --quick)
+# The in-place forms (the activations as most public WGAN-GP code writes them) run the providers whose
+# graphs they change: the autograd ones.
+INPLACE_PROVIDERS = ("plain", "gp-popular", "gp-best", "gp-gpkernels")
+# (name, constructor, per-sample input shape, batch size, in --quick, providers)
 CRITICS = [
-    ("mlp", mlp_critic, (2,), 256, True),
-    ("dcgan32", lambda: ConvCritic(32), (3, 32, 32), 64, True),
-    ("resnet32", ResNetCritic, (3, 32, 32), 64, False),
-    ("dcgan64", lambda: ConvCritic(64), (3, 64, 64), 64, False),
+    ("mlp", mlp_critic, (2,), 256, True, PROVIDERS),
+    ("mlp-inplace", lambda: mlp_critic(inplace=True), (2,), 256, True, INPLACE_PROVIDERS),
+    ("dcgan32", lambda: ConvCritic(32), (3, 32, 32), 64, True, PROVIDERS),
+    ("dcgan32-inplace", lambda: ConvCritic(32, inplace=True), (3, 32, 32), 64, True, INPLACE_PROVIDERS),
+    ("resnet32", ResNetCritic, (3, 32, 32), 64, False, PROVIDERS),
+    ("resnet32-inplace", lambda: ResNetCritic(inplace=True), (3, 32, 32), 64, False, INPLACE_PROVIDERS),
+    ("dcgan64", lambda: ConvCritic(64), (3, 64, 64), 64, False, PROVIDERS),
+    ("dcgan64-inplace", lambda: ConvCritic(64, inplace=True), (3, 64, 64), 64, False, INPLACE_PROVIDERS),
 ]
+# Providers whose step FLOPs are counted (torch.func's transforms and the lazy round are left out).
+FLOP_COUNTED = ("plain", "gp-popular", "gp-best", "gp-gpkernels", "fd")
 CRITIC_NAMES = [c[0] for c in CRITICS]
 
 
@@ -406,8 +427,30 @@ def parse_args(argv=None):
     return args
 
 
-def run_config(name, make, shape, B, threads, args, timer):
-    """(rows, compile info or None) for one critic at one thread count."""
+def step_flops(prov, real, fake, penalty):
+    """FLOPs of one step's forwards and backward (the optimizer's elementwise update has none)."""
+    critic = prov.critic
+    with Flops() as count:
+        loss = critic(fake).mean() - critic(real).mean()
+        if penalty is not None:
+            loss = loss + penalty(critic, real, fake)
+        loss.backward()
+    critic.zero_grad(set_to_none=True)
+    return count.total
+
+
+def flop_floor(critic, real):
+    """The FLOPs of an exact GP step over a plain step's, with F = one critic forward on the batch: plain +
+    the forward at x_hat (F) + the inner input gradient (F: one input-gradient product per layer) + the outer
+    backward (2F: per layer one forward-like product for the incoming gradient, one weight gradient)."""
+    with Flops() as forward:
+        critic(real)
+    return 4 * forward.total
+
+
+def run_config(name, make, shape, B, threads, args, timer, providers=PROVIDERS):
+    """(rows, compile info or None, FLOP floor as a multiple of the plain step) for one critic at one
+    thread count."""
     where = f"{name} B={B} threads={threads}"
     # Inductor's CPU kernels are generated for the thread count at compile time and Dynamo does not guard
     # on it, so every configuration compiles afresh (its cache key does include the thread count).
@@ -417,61 +460,72 @@ def run_config(name, make, shape, B, threads, args, timer):
         counters.clear()
     except ImportError:
         pass
-    if args.run_compiled and args.cache_root is not None:
+    run_compiled = args.run_compiled and "gp-func-compiled" in providers
+    if run_compiled and args.cache_root is not None:
         cold_compile_cache(os.path.join(args.cache_root, f"{name}-{threads}t"))
     device = torch.device(args.device)
     base = make().to(device)
     gen = torch.Generator().manual_seed(args.seed + 1)  # drawn on the CPU: the same data on every device
     real, fake = grid_data(B, shape, gen).to(device), grid_data(B, shape, gen).to(device)
-    rows_run = [p for p in PROVIDERS if p != "gp-func-compiled" or args.run_compiled]
+    rows_run = [p for p in providers if p != "gp-func-compiled" or run_compiled]
     prov = {p: Provider(base) for p in rows_run}
 
     # ---- correctness, on each provider's own copy before it has taken a step
     alpha = grid_alpha(B, 0, 16, gen).to(device)
     want = autograd_grads(prov["gp-popular"], real, fake, lambda c: popular_penalty(c, real, fake, alpha))
     against = "gp-popular (same alpha)"
-    check_or_exit(where, "gp-best", autograd_grads(prov["gp-best"], real, fake,
-                                                   lambda c: best_penalty(c, real, fake, alpha)), want, against)
-    check_or_exit(where, "gp-gpkernels", autograd_grads(prov["gp-gpkernels"], real, fake,
-                                                        lambda c: gpkernels_penalty(c, real, fake, alpha)),
-                  want, against)
-    grads, loss = func_step(prov["gp-func-eager"].critic)(prov["gp-func-eager"].params, real, fake,
-                                                          _column(alpha, real))
-    check_or_exit(where, "gp-func-eager", (loss, grads), want, against)
-    lazy = gpkernels.GradientPenalty(weight=WEIGHT, lazy=LAZY, backend=BACKEND)
-    check_or_exit(where, "gp-lazy4 (computed step)",
-                  autograd_grads(prov["gp-lazy4"], real, fake, lambda c: lazy(c, real, fake, alpha=alpha)),
-                  autograd_grads(prov["gp-popular"], real, fake,
-                                 lambda c: popular_penalty(c, real, fake, alpha, weight=LAZY * WEIGHT)),
-                  f"gp-popular at weight {LAZY} x {WEIGHT:g}")
-    # Alphas at least 2/16 apart, so that fd's min_gap guard keeps every pair, as the reference does.
-    pair = (grid_alpha(B, 0, 7, gen).to(device), grid_alpha(B, 9, 16, gen).to(device))
-    check_or_exit(where, "fd", autograd_grads(prov["fd"], real, fake, lambda c: fd_penalty(c, real, fake, pair)),
-                  autograd_grads(prov["fd"], real, fake, lambda c: fd_reference(c, real, fake, pair)),
-                  "the finite-difference formula in plain PyTorch (same alphas)")
+    checked = {"gp-best": lambda c: best_penalty(c, real, fake, alpha),
+               "gp-gpkernels": lambda c: gpkernels_penalty(c, real, fake, alpha)}
+    for p, penalty in checked.items():
+        check_or_exit(where, p, autograd_grads(prov[p], real, fake, penalty), want, against)
+    if "gp-func-eager" in prov:
+        grads, loss = func_step(prov["gp-func-eager"].critic)(prov["gp-func-eager"].params, real, fake,
+                                                              _column(alpha, real))
+        check_or_exit(where, "gp-func-eager", (loss, grads), want, against)
+    if "gp-lazy4" in prov:
+        lazy = gpkernels.GradientPenalty(weight=WEIGHT, lazy=LAZY, backend=BACKEND)
+        check_or_exit(where, "gp-lazy4 (computed step)",
+                      autograd_grads(prov["gp-lazy4"], real, fake, lambda c: lazy(c, real, fake, alpha=alpha)),
+                      autograd_grads(prov["gp-popular"], real, fake,
+                                     lambda c: popular_penalty(c, real, fake, alpha, weight=LAZY * WEIGHT)),
+                      f"gp-popular at weight {LAZY} x {WEIGHT:g}")
+    if "fd" in prov:
+        # Alphas at least 2/16 apart, so that fd's min_gap guard keeps every pair, as the reference does.
+        pair = (grid_alpha(B, 0, 7, gen).to(device), grid_alpha(B, 9, 16, gen).to(device))
+        check_or_exit(where, "fd", autograd_grads(prov["fd"], real, fake,
+                                                  lambda c: fd_penalty(c, real, fake, pair)),
+                      autograd_grads(prov["fd"], real, fake, lambda c: fd_reference(c, real, fake, pair)),
+                      "the finite-difference formula in plain PyTorch (same alphas)")
 
     compiled, info = None, None
-    if args.run_compiled:
+    if run_compiled:
         print(f"  {where}: compiling the torch.func step ...", file=sys.stderr, flush=True)
         compiled, info = prepare_compiled(prov["gp-func-compiled"], base, real, fake, alpha, want)
         if compiled is None:
             print(f"  {where}: gp-func-compiled {info['note']}", file=sys.stderr, flush=True)
             del prov["gp-func-compiled"]
 
+    # ---- FLOPs, counted (deterministic) on the providers' own copies; taking no optimizer step
+    penalties = {"plain": None, "gp-popular": popular_penalty, "gp-best": best_penalty,
+                 "gp-gpkernels": gpkernels_penalty, "fd": fd_penalty}
+    flops = {p: step_flops(prov[p], real, fake, penalties[p]) for p in FLOP_COUNTED if p in prov}
+    floor = (flops["plain"] + flop_floor(base, real)) / flops["plain"]
+
     # ---- timing
-    calls = {
-        "plain": autograd_step(prov["plain"], real, fake, None),
-        "gp-popular": autograd_step(prov["gp-popular"], real, fake, popular_penalty),
-        "gp-best": autograd_step(prov["gp-best"], real, fake, best_penalty),
-        "gp-gpkernels": autograd_step(prov["gp-gpkernels"], real, fake, gpkernels_penalty),
-        "gp-lazy4": lazy_round(prov["gp-lazy4"], real, fake),
-        "fd": autograd_step(prov["fd"], real, fake, fd_penalty),
-        "gp-func-eager": func_timed_step(prov["gp-func-eager"], real, fake, func_step(prov["gp-func-eager"].critic)),
+    makers = {
+        "plain": lambda p: autograd_step(p, real, fake, None),
+        "gp-popular": lambda p: autograd_step(p, real, fake, popular_penalty),
+        "gp-best": lambda p: autograd_step(p, real, fake, best_penalty),
+        "gp-gpkernels": lambda p: autograd_step(p, real, fake, gpkernels_penalty),
+        "gp-lazy4": lambda p: lazy_round(p, real, fake),
+        "fd": lambda p: autograd_step(p, real, fake, fd_penalty),
+        "gp-func-eager": lambda p: func_timed_step(p, real, fake, func_step(p.critic)),
+        "gp-func-compiled": lambda p: func_timed_step(p, real, fake, compiled),
     }
-    if compiled is not None:
-        calls["gp-func-compiled"] = func_timed_step(prov["gp-func-compiled"], real, fake, compiled)
+    calls = {p: makers[p](prov[p]) for p in PROVIDERS if p in prov}
     samples = measure(calls, timer, args.repeats, args.min_sample_ms / 1e3, args.warmup)
-    samples["gp-lazy4"] = [s / LAZY for s in samples["gp-lazy4"]]
+    if "gp-lazy4" in samples:
+        samples["gp-lazy4"] = [s / LAZY for s in samples["gp-lazy4"]]
     if compiled is not None:
         if info["count"] is not None and compile_counters()[0] != info["count"]:
             info["note"] = (info["note"] + "; " if info["note"] else "") + "recompiled while being timed"
@@ -486,10 +540,19 @@ def run_config(name, make, shape, B, threads, args, timer):
         rows.append({
             "critic": name, "B": B, "input_shape": "x".join(map(str, shape)), "threads": threads,
             "provider": p, "median_ms": med, "iqr_ms": q3 - q1, "q1_ms": q1, "q3_ms": q3,
-            "x_plain_step": med / plain_ms, "x_vs_gp_best": best_ms / med, "repeats": args.repeats,
+            "x_plain_step": med / plain_ms, "x_vs_gp_best": best_ms / med,
+            "flops_x_plain": flops[p] / flops["plain"] if p in flops else "",
+            "flop_floor_x_plain": floor, "repeats": args.repeats,
             "compile_s": info["compile_s"] if p == "gp-func-compiled" else "",
         })
-    return rows, info
+    return rows, info, floor
+
+
+def floor_line(rows, floor):
+    """gp-gpkernels' measured cost against the exact GP step's FLOP floor."""
+    got = next(r for r in rows if r["provider"] == "gp-gpkernels")
+    return (f"FLOP floor of an exact GP step {floor:.2f}x plain; gp-gpkernels {got['x_plain_step']:.2f}x in "
+            f"time ({got['x_plain_step'] / floor:.2f}x the floor), {got['flops_x_plain']:.2f}x in FLOPs")
 
 
 def ratio_line(rows):
@@ -509,13 +572,14 @@ def compile_line(label, info):
 
 
 def markdown_table(rows):
-    head = ["critic", "B", "input", "threads", "provider", "median ms", "IQR ms", "x plain step", "x vs gp-best"]
+    head = ["critic", "B", "input", "threads", "provider", "median ms", "IQR ms", "x plain step", "x vs gp-best",
+            "FLOPs x plain"]
     text = ("critic", "input", "provider")  # left-aligned; numbers right-aligned
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(":---" if h in text else "---:" for h in head) + "|"]
     for r in rows:
         cells = [r["critic"], str(r["B"]), r["input_shape"], str(r["threads"]), r["provider"],
                  f"{r['median_ms']:.4g}", f"{r['iqr_ms']:.2g}", f"{r['x_plain_step']:.2f}",
-                 f"{r['x_vs_gp_best']:.2f}"]
+                 f"{r['x_vs_gp_best']:.2f}", f"{r['flops_x_plain']:.2f}" if r["flops_x_plain"] != "" else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -574,18 +638,19 @@ def main(argv=None):
     i = 0
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for name, make, shape, B, _ in configs:
+        for name, make, shape, B, _, providers in configs:
             i += 1
             torch.manual_seed(args.seed)  # the same critic weights for every thread count
             label = f"{name} B={B} threads={threads}"
             t0 = time.perf_counter()
-            new, info = run_config(name, make, shape, B, threads, args, timer)
+            new, info, floor = run_config(name, make, shape, B, threads, args, timer, providers)
             rows += new
-            verdicts += [f"{label}: {verdict(new, 'gp-gpkernels', 'gp-best')}"]
+            verdicts += [f"{label}: {verdict(new, 'gp-gpkernels', 'gp-best')}", f"{label}: {floor_line(new, floor)}"]
             if any(r["provider"] == "gp-func-compiled" for r in new):
                 verdicts.append(f"{label}: {verdict(new, 'gp-gpkernels', 'gp-func-compiled')}")
             verdicts.append(f"{label}: {ratio_line(new)}")
-            compile_notes.append(compile_line(label, info))
+            if "gp-func-compiled" in providers:
+                compile_notes.append(compile_line(label, info))
             speed = ", ".join(f"{r['provider']} {r['median_ms']:.3g} ms" for r in new)
             print(f"[{i}/{total}] {label}: {speed} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr,
                   flush=True)
@@ -623,7 +688,10 @@ def main(argv=None):
         "parameters through `functional_call`), grads assigned to `.grad`, then `opt.step()`; "
         "gp-func-compiled: the same function under `torch.compile` (Inductor).",
         "x plain step: provider ms / plain ms (the step's cost in plain critic steps, same run); "
-        "x vs gp-best: gp-best ms / provider ms (> 1 = faster than gp-best).",
+        "x vs gp-best: gp-best ms / provider ms (> 1 = faster than gp-best); FLOPs x plain: the step's "
+        "FLOPs (matrix products and convolutions, counted) over the plain step's. FLOP floor of an exact GP "
+        "step: plain + 4 critic forwards (x_hat forward, inner input gradient, outer backward 2).",
+        "*-inplace critics: the same critic with in-place activations, as most public code writes them.",
         "",
         *environment_lines(device, threads=threads_text),
         f"- command: `{command}`",

@@ -11,14 +11,16 @@ and its two derivatives). The points are detached leaves: the penalty trains the
 back-propagates into `real` or `fake` (so never into the generator), as in the paper.
 """
 
+import contextlib
 import math
 import numbers
+import sys
 import warnings
 
 import torch
 from torch import nn
 
-from . import _activations, _checks, functional
+from . import _checks, _reroute, functional
 from .reference import accum_dtype
 
 SAMPLES = ("interpolate", "real", "fake", "dragan")
@@ -129,12 +131,19 @@ def _draw_alpha(batch, parts, generator):
     return torch.rand(batch, generator=generator, device=like.device, dtype=accum_dtype(like.dtype))
 
 
-def _call(critic, points, kind, critic_args, critic_kwargs, fast_relu=False):
+def _call(critic, points, kind, critic_args, critic_kwargs, *, second_order=False, fast_relu=False):
+    """critic(points, *critic_args, **critic_kwargs). For a gradient penalty (second_order) the call runs
+    eagerly even where the critic, or part of it, is torch.compile'd (AOTAutograd has no double backward;
+    the critic's other calls stay compiled), and with fast_relu through `_reroute.PenaltyPoints`."""
     inp = points[0] if kind is None else kind(points)
-    if fast_relu and _activations.usable(critic):
-        with _activations.RoutePiecewiseLinear():
-            return critic(inp, *critic_args, **critic_kwargs)
-    return critic(inp, *critic_args, **critic_kwargs)
+    with contextlib.ExitStack() as scope:
+        if second_order and not torch.compiler.is_compiling():
+            # Nothing can be compiled before torch._dynamo is imported; importing it costs a second.
+            if "torch._dynamo" in sys.modules:
+                scope.enter_context(torch.compiler.set_stance("force_eager"))
+            if fast_relu:
+                scope.enter_context(_reroute.PenaltyPoints())
+        return critic(inp, *critic_args, **critic_kwargs)
 
 
 # ---------------------------------------------------------------------------------------- the penalty
@@ -193,7 +202,8 @@ def _gradient_penalty(where, critic, real, fake, critic_args, critic_kwargs, *, 
             points = [p.clone() if p.is_inference() else p for p in base]
     points = [p.detach().requires_grad_(True) for p in points]
 
-    score = _score(where, _call(critic, points, kind, critic_args, critic_kwargs, fast_relu), batch)
+    score = _score(where, _call(critic, points, kind, critic_args, critic_kwargs, second_order=True,
+                         fast_relu=fast_relu), batch)
     if not score.requires_grad:
         raise _no_dependence(where)
 
@@ -260,10 +270,14 @@ def gradient_penalty(critic, real, fake=None, *critic_args, weight=10.0, target=
         return_norms: also return the per-sample norms n_i (unscaled), detached, for logging.
         strict: raise instead of warning about BatchNorm in the critic.
         backend: None, "auto", "reference", "cpu", "cuda" or "triton" (see gpkernels.use_backend).
-        fast_relu: run the critic's out-of-place ReLU/LeakyReLU calls at the penalty points without
-            autograd's materialised-zero second derivative, which otherwise makes the outer backward push
-            zeros through the critic's whole forward graph (see gpkernels/_activations.py). Same values and
-            gradients; a parameter whose penalty gradient is exactly zero gets None instead of zeros.
+        fast_relu: at the penalty points, run the critic's ReLU/LeakyReLU/Hardtanh/ReLU6/PReLU calls (in
+            place or not), its pools, reflect/replicate padding and convolutions without the second-order
+            work that autograd does on zeros (its materialised zero derivatives make the outer backward push
+            zeros through the critic's whole forward graph) and with a faster weight-gradient product in the
+            convolutions' double backward; see gpkernels/_reroute.py for what is covered. Same values, same
+            gradients (to rounding in the convolutions); a parameter whose penalty gradient is exactly zero
+            gets None instead of zeros. A torch.compile'd critic (or part of one) runs eagerly at the
+            penalty points, since AOTAutograd has no double backward.
 
     Returns:
         loss: () float32 (float64 for float64 input), differentiable w.r.t. the critic's parameters.
