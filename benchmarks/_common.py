@@ -16,8 +16,6 @@ import sys
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:
@@ -234,24 +232,6 @@ def timing_bars(ax, rs, label_key, colours, ylabel, title):
     ax.set_xticklabels([r["provider"] for r in rs], rotation=45, ha="right", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.set_ylabel(ylabel)
-
-
-class Flops(TorchDispatchMode):
-    """FLOPs of the matrix products and convolutions run inside (`with Flops() as f: ...; f.total`), by the
-    formulas of torch's FlopCounterMode but without its module tracker, whose hooks raise inside an
-    autograd.grad() taken w.r.t. a module's input, as every gradient penalty takes it."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
-        return out
 
 
 def rel_err(got, want):

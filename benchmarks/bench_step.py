@@ -101,7 +101,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_step.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import (REPO, Flops, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
+from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
                      VERDICT_LEGEND, pyplot, rel_err, timing_bars, verdict, write_csv,
                      write_report)
 from _critics import ConvCritic, ResNetCritic, mlp_critic  # noqa: E402
@@ -430,7 +430,7 @@ def parse_args(argv=None):
 def step_flops(prov, real, fake, penalty):
     """FLOPs of one step's forwards and backward (the optimizer's elementwise update has none)."""
     critic = prov.critic
-    with Flops() as count:
+    with gpkernels.FlopCount() as count:
         loss = critic(fake).mean() - critic(real).mean()
         if penalty is not None:
             loss = loss + penalty(critic, real, fake)
@@ -443,7 +443,7 @@ def flop_floor(critic, real):
     """The FLOPs of an exact GP step over a plain step's, with F = one critic forward on the batch: plain +
     the forward at x_hat (F) + the inner input gradient (F: one input-gradient product per layer) + the outer
     backward (2F: per layer one forward-like product for the incoming gradient, one weight gradient)."""
-    with Flops() as forward:
+    with gpkernels.FlopCount() as forward:
         critic(real)
     return 4 * forward.total
 

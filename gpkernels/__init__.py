@@ -15,6 +15,7 @@ import torch  # noqa: F401  (the extension needs torch loaded first)
 
 from . import _ext, ops  # noqa: F401  (loads the extension, registers the ops)
 from .backends import available_backends, backend_report, current_backend, use_backend
+from .flops import FlopCount
 from .functional import interpolate, penalty
 from .penalties import (GradientPenalty, dragan_penalty, finite_difference_penalty, gradient_penalty,
                         lipschitz_penalty, r1_penalty, r2_penalty, wgan_gp_penalty)
@@ -36,5 +37,6 @@ __all__ = [
     "backend_report",
     "current_backend",
     "use_backend",
+    "FlopCount",
     "__version__",
 ]
