@@ -593,11 +593,11 @@ def plot(rows, path):
 
     critics = list(dict.fromkeys(r["critic"] for r in rows))
     threads = list(dict.fromkeys(r["threads"] for r in rows))
-    fig, axes = plt.subplots(len(threads), len(critics), figsize=(4.2 * len(critics), 4.2 * len(threads)),
+    fig, axes = plt.subplots(len(critics), len(threads), figsize=(5.2 * len(threads), 3.6 * len(critics)),
                              squeeze=False)
     colours = plt.get_cmap("tab10").colors
-    for i, t in enumerate(threads):
-        for j, c in enumerate(critics):
+    for i, c in enumerate(critics):
+        for j, t in enumerate(threads):
             ax = axes[i][j]
             rs = [r for r in rows if r["critic"] == c and r["threads"] == t]
             if not rs:
@@ -607,8 +607,13 @@ def plot(rows, path):
             timing_bars(ax, rs, "x_plain_step", [colours[PROVIDERS.index(r["provider"])] for r in rs],
                         "median ms per critic step (IQR bars)",
                         f"{c}, B={rs[0]['B']}, input {rs[0]['input_shape']}, {t} thread(s)")
-    fig.suptitle("One WGAN critic step incl. Adam (labels: cost in plain steps of the same run)", fontsize=10)
-    fig.tight_layout()
+            plain = next(r for r in rs if r["provider"] == "plain")
+            floor = plain["median_ms"] * float(plain["flop_floor_x_plain"])
+            ax.axhline(floor, color="black", linestyle=":", linewidth=1)
+            ax.text(-0.45, floor, "exact-GP FLOP floor", ha="left", va="bottom", fontsize=7)
+    fig.suptitle("One WGAN critic step incl. Adam (labels: cost in plain steps of the same run; dotted: the "
+                 "exact GP step's FLOP floor)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

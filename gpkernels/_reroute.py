@@ -8,7 +8,7 @@ product): 2.0x the FLOPs of one critic forward. Autograd does more, on zeros:
   give their saved input an edge with a materialised zero derivative (`zeros_like`), and the outer backward
   then pushes those zeros back through every layer of the forward graph of D(x_hat) (4.0x instead of 2.0x);
 - a convolution's double backward computes the weight-gradient product as a convolution over the batch
-  (`_convolution_double_backward`), 1.5x to 9x slower on the CPU than `convolution_backward`'s own
+  (`_convolution_double_backward`), 1.5x to 8.7x slower on the CPU than `convolution_backward`'s own
   weight-gradient kernel for the same FLOPs (measured on DCGAN/ResNet layer shapes, 1 thread).
 
 What. While `PenaltyPoints` is active (gradient_penalty's critic call), these calls on tensors that require
