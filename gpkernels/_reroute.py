@@ -17,8 +17,9 @@ backward has no edge into the forward graph and nothing is computed there on zer
 - ReLU (`torch.relu`, `Tensor.relu`, `F.relu`, `nn.ReLU`, and `relu_`), LeakyReLU (`F.leaky_relu`,
   `nn.LeakyReLU`, `leaky_relu_`) and Hardtanh/ReLU6 (`F.hardtanh`, `F.relu6`, `nn.Hardtanh`, `nn.ReLU6`,
   `hardtanh_`), out of place and **in place**: an in-place call still modifies the caller's tensor, which then
-  holds exactly what it holds without gpkernels. Their backward reads the output (the mask is the same as the
-  input's), as autograd's in-place formulas do; values and gradients are bit for bit autograd's.
+  holds exactly what it holds without gpkernels. Their backward reads the tensor autograd's own formula
+  reads (the output for ReLU and the in-place forms, else the input), so later in-place changes are allowed
+  or refused as without gpkernels; values and gradients are bit for bit autograd's.
 - PReLU (`F.prelu`, `nn.PReLU`): the slope's second-order gradient is kept (it is real); only the
   zero edge to the input goes.
 - Average and max pooling (1-3d, adaptive too) and `F.pad` in reflect/replicate/circular mode: the ATen op's
@@ -82,9 +83,9 @@ class _PiecewiseLinear(Function):
         y = run()
         if mask.inplace:
             ctx.mark_dirty(x)
-        # For a non-negative slope (and for hardtanh) the output has the input's mask, and reading it keeps
-        # no extra tensor alive (the next layer holds the output anyway).
-        from_output = not (mask.kind == "leaky" and mask.a < 0)
+        # Save what autograd's own formula saves (the output for ReLU and the in-place forms, else the input),
+        # so that a later in-place change of the other tensor is as legal, or as illegal, as without us.
+        from_output = mask.inplace or mask.kind == "relu"
         ctx.mask, ctx.from_output = mask, from_output
         ctx.save_for_backward(y.detach() if from_output else x.detach())
         return y
@@ -141,13 +142,13 @@ _ACTIVATIONS = {
 
 class _PReLU(Function):
     """y = prelu(x, w) with w of 1 or C (= x.shape[1]) slopes.
-    dL/dx = g where x > 0 else w g (ATen's formula); dL/dw = sum over all but the channel dim of x g where
-    x <= 0. The backward reads a detached x: the x-edge of autograd's double backward is zero."""
+    dL/dx = g where x > 0 else w g (ATen's formula), masked by a detached x: its x-edge would carry autograd's
+    zero. dL/dw = sum over all but the channel dim of x g where x <= 0, from the attached x."""
 
     @staticmethod
     def forward(ctx, x, w, run):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x.detach(), w)
+        ctx.save_for_backward(x, w)
         return run()
 
     @staticmethod
@@ -156,9 +157,10 @@ class _PReLU(Function):
             return None, None, None
         x, w = ctx.saved_tensors
         shaped = w if w.numel() == 1 else w.view(-1, *([1] * (x.dim() - 2)))
-        positive = x > 0
+        positive = x.detach() > 0
         gx = torch.where(positive, grad, shaped * grad) if ctx.needs_input_grad[0] else None
         gw = None
+        # Needed in the inner pass only where the slope depends on the input; then x's edge is real.
         if _executes(ctx, 1):
             per = torch.where(positive, torch.zeros_like(grad), x * grad)
             gw = per.sum() if w.numel() == 1 else per.transpose(0, 1).reshape(w.numel(), -1).sum(1)
@@ -345,8 +347,10 @@ def _reroute(func, args, kwargs) -> Optional[Callable[[], torch.Tensor]]:
             if torch.is_autocast_enabled(x.device.type):
                 # Autocast runs a convolution in its lower precision: cast as it would, before the op, so
                 # that the saved tensors (and so the backward) have the dtype autograd's own would have.
+                # Autocast leaves float64 alone.
                 low = torch.get_autocast_dtype(x.device.type)
-                x, w, b = (t if t is None or not t.is_floating_point() else t.to(low) for t in (x, w, b))
+                x, w, b = (t.to(low) if t is not None and t.is_floating_point() and t.dtype != torch.float64
+                           else t for t in (x, w, b))
             return lambda: _Conv.apply(x, w, b, geometry)
         if func is torch.prelu:
             # Under autocast, prelu's dtype policy is the dispatcher's: leave the call to it.

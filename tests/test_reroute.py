@@ -262,6 +262,21 @@ def test_the_outer_backward_skips_the_forward_graph_exactly_when_rerouted(name):
         assert outer == (0 if pruned else 1), f"fast={fast}: the outer backward ran it {outer} times"
 
 
+def test_prelu_with_a_slope_that_depends_on_the_input_is_exact():
+    """The slope's gradient is needed in the inner pass here, and its own derivative w.r.t. the input is real."""
+    class Critic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gate, self.head = nn.Conv2d(3, 4, 3, 1, 1), nn.Linear(3, 4), nn.Linear(4 * 16, 1)
+
+        def forward(self, x):
+            slope = torch.sigmoid(self.gate(x.mean((2, 3)).mean(0)))
+            return self.head(F.prelu(self.conv(x), slope).flatten(1)).view(-1)
+
+    torch.manual_seed(0)
+    assert_matches_autograd(Critic().double(), (3, 4, 4))
+
+
 def test_prelu_slopes_get_their_second_order_gradient():
     """PReLU's slope enters the input gradient (dx = a g where x <= 0), so the penalty trains it."""
     for per_channel in (False, True):
@@ -331,6 +346,32 @@ def test_inplace_on_a_leaf_or_a_view_keeps_autograds_behaviour():
     got = gpkernels.gradient_penalty(on_a_view, real, fake, alpha=alpha)
     want = gpkernels.gradient_penalty(native, real, fake, alpha=alpha, fast_relu=False)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("act", [lambda h: F.leaky_relu(h, 0.2), nn.Hardtanh(-0.5, 0.5), nn.ReLU6(),
+                                 lambda h: F.leaky_relu(h, -0.3)], ids=["leaky", "hardtanh", "relu6", "leaky-neg"])
+def test_an_inplace_change_of_an_output_autograd_does_not_save_is_allowed(act):
+    """Autograd's LeakyReLU and Hardtanh keep their input, so the output may be changed in place afterwards
+    (e.g. nn.Dropout(inplace=True) after nn.LeakyReLU): the rerouted forms save the same tensor."""
+    def critic_of(lin, out):
+        def critic(x):
+            h = act(lin(x))
+            h.mul_(2 ** 0.5)
+            F.dropout(h, 0.0, training=True, inplace=True)
+            return out(h).view(-1)
+        return critic
+
+    torch.manual_seed(0)
+    lin, out = nn.Linear(4, 8).double(), nn.Linear(8, 1).double()
+    critic = critic_of(lin, out)
+    real, fake, alpha = inputs((4,))
+    params = list(lin.parameters()) + list(out.parameters())
+    got = gpkernels.gradient_penalty(critic, real, fake, alpha=alpha)
+    want = plain_penalty(lambda x: critic(x), real, fake, alpha)
+    for g, w, p in zip(torch.autograd.grad(got, params, allow_unused=True),
+                       torch.autograd.grad(want, params, allow_unused=True), params):
+        zero = torch.zeros_like(p)
+        torch.testing.assert_close(zero if g is None else g, zero if w is None else w, rtol=1e-12, atol=1e-300)
 
 
 def test_an_inplace_change_after_a_saved_output_raises_as_autograd_does():
@@ -506,3 +547,17 @@ def test_convolutions_under_autocast_keep_autocasts_dtypes(dtype):
     for g, w in zip(got_grads, want_grads):
         assert g.dtype == w.dtype == torch.float32
         assert (g - w).abs().max().item() <= 3e-2 * w.abs().max().item()
+
+
+def test_float64_critics_under_autocast_stay_float64():
+    """Autocast does not cast float64 tensors; neither do the rerouted convolutions."""
+    torch.manual_seed(0)
+    critic = ConvCritic(act=lambda c: nn.PReLU(c)).double()
+    real, fake, alpha = inputs((3, 16, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gpkernels.gradient_penalty(critic, real, fake, alpha=alpha)
+        want = gpkernels.gradient_penalty(critic, real, fake, alpha=alpha, fast_relu=False)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    for g, w in zip(param_grads(critic, got), param_grads(critic, want)):
+        assert g.dtype == torch.float64
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
