@@ -329,15 +329,15 @@ def _reroute(func, args, kwargs) -> Optional[Callable[[], torch.Tensor]]:
     if not x.is_floating_point():
         return None
 
-    def call(*a):
-        return lambda: func(*a, *args[1:], **kwargs)
+    def call():
+        return func(*args, **kwargs)
 
     try:
         if func in _ACTIVATIONS:
             mask = _ACTIVATIONS[func](*args, **kwargs)
             if mask is None or not x.requires_grad or (mask.inplace and (x.is_leaf or x._is_view())):
                 return None
-            return lambda: _PiecewiseLinear.apply(x, call(x), mask)
+            return lambda: _PiecewiseLinear.apply(x, call, mask)
         if func in _CONVS:
             geometry = _CONVS[func](*args, **kwargs)
             w = args[1] if len(args) > 1 else kwargs.get("weight")
@@ -356,7 +356,8 @@ def _reroute(func, args, kwargs) -> Optional[Callable[[], torch.Tensor]]:
             # Under autocast, prelu's dtype policy is the dispatcher's: leave the call to it.
             if _prelu(*args, **kwargs) is None or not x.requires_grad or torch.is_autocast_enabled(x.device.type):
                 return None
-            return lambda: _PReLU.apply(x, args[1], call(x))
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            return lambda: _PReLU.apply(x, w, call)
         if func in _LINEAR:
             if _LINEAR[func](*args, **kwargs) is None or not x.requires_grad:
                 return None
@@ -376,7 +377,3 @@ class PenaltyPoints(TorchFunctionMode):
             return func(*args, **kwargs)
         return rerouted()
 
-
-def usable():
-    """False inside torch.compile, where a TorchFunctionMode would be traced instead of run."""
-    return not torch.compiler.is_compiling()

@@ -436,6 +436,31 @@ def test_linear_ops_and_convolutions_equal_plain_autograd(name):
     assert_matches_autograd(critic, shape)
 
 
+@pytest.mark.parametrize("op", [lambda h: F.avg_pool1d(h, 2), lambda h: F.max_pool1d(h, 3, 2, 1),
+                                lambda h: F.adaptive_avg_pool1d(h, 3), lambda h: F.pad(h, (2, 1), mode="reflect"),
+                                lambda h: F.pad(h, (1, 1), mode="replicate")],
+                         ids=["avg", "max", "adaptive-avg", "reflect", "replicate"])
+def test_pools_and_paddings_are_bit_for_bit(op):
+    """Between linear layers (no convolution, whose second-order weight gradient rounds differently), the
+    rerouted pools and paddings give autograd's penalty and gradients exactly."""
+    torch.manual_seed(0)
+    l1, l2 = nn.Linear(8, 8).double(), nn.LazyLinear(1).double()
+
+    def critic(x):
+        return l2(torch.tanh(op(F.leaky_relu(l1(x), 0.2))).flatten(1)).view(-1)
+
+    critic(torch.zeros(1, 2, 8, dtype=torch.float64))
+    params = list(l1.parameters()) + list(l2.parameters())
+    real, fake, alpha = inputs((2, 8))
+    results = []
+    for fast in (False, True):
+        loss = gpkernels.gradient_penalty(critic, real, fake, alpha=alpha, fast_relu=fast)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        results.append([loss] + [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_covered_linear_ops_leave_no_zero_work():
     """A pool and a padding between two piecewise-linear layers: the outer backward stays at 2.0x."""
     class Critic(nn.Module):
@@ -497,6 +522,10 @@ def test_calls_that_do_not_qualify_pass_through():
         assert type(F.conv2d(img, w).grad_fn).__name__ == "_ConvBackward"
         assert type(F.conv2d(img[0], w).grad_fn).__name__ != "_ConvBackward"  # unbatched
         assert type(F.conv_transpose2d(img, w).grad_fn).__name__ == "ConvolutionBackward0"
+        # Keyword arguments bind as in the original call.
+        assert type(F.prelu(img, weight=torch.ones(2)).grad_fn).__name__ == "_PReLUBackward"
+        assert type(F.conv2d(img, weight=w, stride=2).grad_fn).__name__ == "_ConvBackward"
+        assert type(F.leaky_relu(img, negative_slope=0.1).grad_fn).__name__ == "_PiecewiseLinearBackward"
         with pytest.raises(TypeError):  # arguments that do not bind raise the original error
             F.relu(y, inplace=False, bogus=1)
 
