@@ -131,8 +131,6 @@ CRITICS = [
     ("dcgan64", lambda: ConvCritic(64), (3, 64, 64), 64, False, PROVIDERS),
     ("dcgan64-inplace", lambda: ConvCritic(64, inplace=True), (3, 64, 64), 64, False, INPLACE_PROVIDERS),
 ]
-# Providers whose step FLOPs are counted (torch.func's transforms and the lazy round are left out).
-FLOP_COUNTED = ("plain", "gp-popular", "gp-best", "gp-gpkernels", "fd")
 CRITIC_NAMES = [c[0] for c in CRITICS]
 
 
@@ -200,6 +198,11 @@ def func_step(critic, weight=WEIGHT):
         return score(params, fake).mean() - score(params, real).mean() + penalty
 
     return grad_and_value(loss)
+
+
+# The providers whose step is one autograd step with this penalty term (None: the plain step).
+AUTOGRAD_PENALTIES = {"plain": None, "gp-popular": popular_penalty, "gp-best": best_penalty,
+                      "gp-gpkernels": gpkernels_penalty, "fd": fd_penalty}
 
 
 # ----------------------------------------------------------------------------------------------- steps
@@ -439,13 +442,13 @@ def step_flops(prov, real, fake, penalty):
     return count.total
 
 
-def flop_floor(critic, real):
+def flop_floor(critic, real, plain_flops):
     """The FLOPs of an exact GP step over a plain step's, with F = one critic forward on the batch: plain +
     the forward at x_hat (F) + the inner input gradient (F: one input-gradient product per layer) + the outer
     backward (2F: per layer one forward-like product for the incoming gradient, one weight gradient)."""
     with gpkernels.FlopCount() as forward:
         critic(real)
-    return 4 * forward.total
+    return (plain_flops + 4 * forward.total) / plain_flops
 
 
 def run_config(name, make, shape, B, threads, args, timer, providers=PROVIDERS):
@@ -506,19 +509,15 @@ def run_config(name, make, shape, B, threads, args, timer, providers=PROVIDERS):
             del prov["gp-func-compiled"]
 
     # ---- FLOPs, counted (deterministic) on the providers' own copies; taking no optimizer step
-    penalties = {"plain": None, "gp-popular": popular_penalty, "gp-best": best_penalty,
-                 "gp-gpkernels": gpkernels_penalty, "fd": fd_penalty}
-    flops = {p: step_flops(prov[p], real, fake, penalties[p]) for p in FLOP_COUNTED if p in prov}
-    floor = (flops["plain"] + flop_floor(base, real)) / flops["plain"]
+    # (the autograd providers; torch.func's transforms and the lazy round are not counted)
+    flops = {p: step_flops(prov[p], real, fake, AUTOGRAD_PENALTIES[p]) for p in AUTOGRAD_PENALTIES if p in prov}
+    floor = flop_floor(base, real, flops["plain"])
 
     # ---- timing
     makers = {
-        "plain": lambda p: autograd_step(p, real, fake, None),
-        "gp-popular": lambda p: autograd_step(p, real, fake, popular_penalty),
-        "gp-best": lambda p: autograd_step(p, real, fake, best_penalty),
-        "gp-gpkernels": lambda p: autograd_step(p, real, fake, gpkernels_penalty),
+        **{name: (lambda p, penalty=penalty: autograd_step(p, real, fake, penalty))
+           for name, penalty in AUTOGRAD_PENALTIES.items()},
         "gp-lazy4": lambda p: lazy_round(p, real, fake),
-        "fd": lambda p: autograd_step(p, real, fake, fd_penalty),
         "gp-func-eager": lambda p: func_timed_step(p, real, fake, func_step(p.critic)),
         "gp-func-compiled": lambda p: func_timed_step(p, real, fake, compiled),
     }
