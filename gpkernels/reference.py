@@ -1,6 +1,7 @@
-"""Pure-PyTorch reference implementations: the ground truth every fused backend is tested against.
+"""Pure-PyTorch reference implementations: the ground truth every fused backend is tested against, and the
+plain-autograd penalty the demo, the trainer's --compare-reference and the benchmarks compare with.
 
-They follow the paper's formulas directly and rely on autograd for every derivative (any order).
+They follow the papers' formulas directly and rely on autograd for every derivative (any order).
 Conventions shared with the fused kernels (csrc/common/penalty_math.h): accumulation in float32 for
 half/bfloat16/float32 input and float64 for float64 input; at a zero gradient the norm's derivative is 0;
 with target 0 the penalty is w * s^2 * ||g||^2, smooth everywhere.
@@ -50,3 +51,91 @@ def penalty_terms(grads, target, one_sided, weight, inv_scale):
     if one_sided:
         d = d.clamp_min(0)
     return weight * d * d, norms.detach()
+
+
+# ------------------------------------------------------------------------------ the whole penalty
+# The regularisers as a user writes them from the papers, in plain autograd: the ground truth of
+# gpkernels.gradient_penalty and gpkernels.finite_difference_penalty for the demo, the trainer's
+# --compare-reference and the benchmarks. They draw their random numbers in the fused functions'
+# documented order, so that with a generator in the same state both penalise the same points.
+# (The tests keep their own independent copies on purpose: a test should not share the code it checks.)
+
+def draw_alpha(like, generator=None):
+    """(B,) ~ U[0, 1) in the accumulation dtype of `like` (B, *), as gpkernels draws its mixing weights."""
+    return torch.rand(like.shape[0], generator=generator, device=like.device, dtype=accum_dtype(like.dtype))
+
+
+def _score(out, batch):
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.reshape(batch)
+
+
+def penalty_points(real, fake, *, sample="interpolate", alpha=None, generator=None, dragan_scale=0.5):
+    """Where the penalty is taken, (B, *), detached: sample "interpolate" (WGAN-GP), "real" (R1), "fake" (R2)
+    or "dragan" (between real and real + dragan_scale * std(real) * u, u ~ U[0, 1) per element).
+    alpha: (B,) or None (drawn first; then DRAGAN's u)."""
+    if sample == "real":
+        return real.detach()
+    if sample == "fake":
+        return fake.detach()
+    base = real
+    a = draw_alpha(base, generator) if alpha is None else alpha
+    a = per_sample_view(a.to(base.dtype), base)
+    with torch.no_grad():
+        if sample == "interpolate":
+            return a * real + (1 - a) * fake
+        if sample == "dragan":
+            acc = accum_dtype(real.dtype)
+            u = torch.rand(real.shape, generator=generator, device=real.device, dtype=acc)
+            wide = real.to(acc)
+            perturbed = (wide + dragan_scale * wide.std(correction=0) * u).to(real.dtype)
+            return a * perturbed + (1 - a) * real
+    raise ValueError(f"gpkernels.reference.penalty_points: unknown sample {sample!r}")
+
+
+def gradient_penalty(critic, real, fake=None, *, weight=10.0, target=1.0, one_sided=False, sample="interpolate",
+                     alpha=None, generator=None, dragan_scale=0.5, return_norms=False):
+    """weight * mean_i d_i^2 with d_i = ||grad_x D(x)_i|| - target (one_sided: max(0, d_i)), at the points of
+    `penalty_points`: WGAN-GP by default, WGAN-LP, R1/R2 (target 0) and DRAGAN by argument.
+
+    critic: (B, *) -> (B,) or (B, 1) scores (or a tuple whose first element is that). real, fake: (B, *) tensors.
+    Returns () in the accumulation dtype (and the (B,) norms, detached, with return_norms=True).
+    """
+    x = penalty_points(real, fake, sample=sample, alpha=alpha, generator=generator,
+                       dragan_scale=dragan_scale).requires_grad_(True)
+    batch = x.shape[0]
+    (g,) = torch.autograd.grad(_score(critic(x), batch).sum(), x, create_graph=True)
+    g = g.reshape(batch, -1).to(accum_dtype(g.dtype))
+    if target == 0:
+        # ||g||^2 directly: the square of a norm has a NaN derivative at a zero gradient.
+        sumsq = g.square().sum(dim=1)
+        loss = weight * sumsq.mean()
+        return (loss, sumsq.detach().sqrt()) if return_norms else loss
+    norms = g.norm(2, dim=1)
+    d = norms - target
+    if one_sided:
+        d = d.clamp_min(0)
+    loss = weight * d.square().mean()
+    return (loss, norms.detach()) if return_norms else loss
+
+
+def finite_difference_penalty(critic, real, fake, *, weight=10.0, target=1.0, one_sided=False, alpha=None,
+                              generator=None, min_gap=1e-3):
+    """weight / B * sum_i over kept pairs of (slope_i - target)^2 (one_sided: max(0, .)), slope_i =
+    |D(x1)_i - D(x2)_i| / ||x1_i - x2_i|| at two points of the real-fake line; a pair closer than min_gap
+    times ||real_i - fake_i|| is dropped. alpha: None (drawn: a then b) or a pair of (B,) tensors."""
+    batch = real.shape[0]
+    acc = accum_dtype(real.dtype)
+    a1, a2 = (draw_alpha(real, generator), draw_alpha(real, generator)) if alpha is None else alpha
+    x1 = penalty_points(real, fake, alpha=a1)
+    x2 = penalty_points(real, fake, alpha=a2)
+    dist = (x1.to(acc) - x2.to(acc)).reshape(batch, -1).norm(dim=1)
+    span = (real.to(acc) - fake.to(acc)).reshape(batch, -1).norm(dim=1)
+    keep = (dist > min_gap * span) & (dist > 0)
+    d1, d2 = _score(critic(x1), batch), _score(critic(x2), batch)
+    slopes = (d1.to(acc) - d2.to(acc)).abs() / torch.where(keep, dist, torch.ones_like(dist))
+    excess = slopes - target
+    if one_sided:
+        excess = excess.clamp_min(0)
+    return weight * torch.where(keep, excess.square(), torch.zeros_like(excess)).sum() / batch
