@@ -13,11 +13,11 @@ The building blocks, for a hand-written penalty:
 
 import torch  # noqa: F401  (the extension needs torch loaded first)
 
-from . import _ext, ops  # noqa: F401  (loads the extension, registers the ops)
+from . import backends  # noqa: F401  (loads the extension, registers the backends and their ops)
 from .backends import available_backends, backend_report, current_backend, use_backend
 from .flops import FlopCount
 from .functional import interpolate, penalty
-from .penalties import (GradientPenalty, dragan_penalty, finite_difference_penalty, gradient_penalty,
+from .penalties import (GradientPenalty, PenaltySpec, dragan_penalty, finite_difference_penalty, gradient_penalty,
                         lipschitz_penalty, r1_penalty, r2_penalty, wgan_gp_penalty)
 
 __version__ = "0.1.0"
@@ -31,6 +31,7 @@ __all__ = [
     "dragan_penalty",
     "finite_difference_penalty",
     "GradientPenalty",
+    "PenaltySpec",
     "interpolate",
     "penalty",
     "available_backends",

@@ -1,18 +1,11 @@
-"""Public functions: validation, backend choice, then the registered op of that backend (or the reference).
+"""The fused ops' public functions: every input checked here, once, then the chosen backend's op.
 
-    public function -> backends.select -> torch.ops.gpkernels[_triton].<op> -> kernel
+    public function -> backends.select -> Backend.interpolate / penalty_terms -> op -> kernel
 """
 
 import torch
 
-from . import _checks, backends, reference
-from .ops import NATIVE, TRITON
-
-_NAMESPACE = {"cpu": NATIVE, "cuda": NATIVE, "triton": TRITON}
-
-
-def _ops(backend):
-    return getattr(torch.ops, _NAMESPACE[backend])
+from . import _checks, backends
 
 
 def interpolate(real, fake, alpha=None, *, generator=None, backend=None):
@@ -55,10 +48,7 @@ def interpolate(real, fake, alpha=None, *, generator=None, backend=None):
             alpha = alpha.reshape(B)
         if alpha.dtype != real.dtype:
             alpha = alpha.to(real.dtype)
-    name = backends.select(where, backend, real.device)
-    if name == "reference":
-        return reference.interpolate(real, fake, alpha)
-    return _ops(name).interp(real, fake, alpha)
+    return backends.select(where, backend, real.device).interpolate(real, fake, alpha)
 
 
 def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, reduction="mean", inv_scale=None,
@@ -101,11 +91,8 @@ def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, reduction="mean",
                              f"{tuple(inv_scale.shape)}")
         inv_scale = inv_scale.item()
     inv_scale = _checks.finite_number(where, "inv_scale", inv_scale, strict=True)
-    name = backends.select(where, backend, grads.device)
-    if name == "reference":
-        values, norms = reference.penalty_terms(grads, target, one_sided, weight, inv_scale)
-    else:
-        values, norms = _ops(name).penalty_forward(grads, target, one_sided, weight, inv_scale)
+    values, norms = backends.select(where, backend, grads.device).penalty_terms(grads, target, one_sided, weight,
+                                                                              inv_scale)
     if reduction == "mean":
         loss = values.mean()
     elif reduction == "sum":

@@ -12,16 +12,19 @@ back-propagates into `real` or `fake` (so never into the generator), as in the p
 """
 
 import contextlib
+import dataclasses
+import inspect
 import math
 import numbers
 import sys
+import typing
 import warnings
 
 import torch
 from torch import nn
 
-from . import _checks, _reroute, functional
-from .reference import accum_dtype
+from . import _checks, _reroute, backends, functional
+from .reference import accum_dtype, draw_alpha
 
 SAMPLES = ("interpolate", "real", "fake", "dragan")
 METHODS = ("gradient", "finite_difference")
@@ -125,12 +128,6 @@ def _no_dependence(where):
                         f"under torch.no_grad(), or ignore it?")
 
 
-def _draw_alpha(batch, parts, generator):
-    """(B,) ~ U[0, 1) in float32 (float64 for float64 input), as gpkernels.interpolate draws it."""
-    like = parts[0]
-    return torch.rand(batch, generator=generator, device=like.device, dtype=accum_dtype(like.dtype))
-
-
 def _call(critic, points, kind, critic_args, critic_kwargs, *, second_order=False, fast_relu=False):
     """critic(points, *critic_args, **critic_kwargs). For a gradient penalty (second_order) the call runs
     eagerly even where the critic, or part of it, is torch.compile'd (AOTAutograd has no double backward;
@@ -146,93 +143,9 @@ def _call(critic, points, kind, critic_args, critic_kwargs, *, second_order=Fals
         return critic(inp, *critic_args, **critic_kwargs)
 
 
-# ---------------------------------------------------------------------------------------- the penalty
+# ------------------------------------------------------------------------------------------ docstrings
 
-def _gradient_penalty(where, critic, real, fake, critic_args, critic_kwargs, *, weight, target, one_sided,
-                      sample, alpha, generator, dragan_scale, scaler, return_norms, strict, backend,
-                      fast_relu=True):
-    _critic_fn(where, critic)
-    weight = _checks.finite_number(where, "weight", weight)
-    target = _checks.finite_number(where, "target", target)
-    _flag(where, "one_sided", one_sided)
-    _flag(where, "return_norms", return_norms)
-    _flag(where, "strict", strict)
-    _flag(where, "fast_relu", fast_relu)
-    if sample not in SAMPLES:
-        raise ValueError(f"{where}: sample must be one of {', '.join(SAMPLES)}; got {sample!r}")
-    if sample == "dragan":
-        dragan_scale = _checks.finite_number(where, "dragan_scale", dragan_scale, strict=True)
-    if alpha is not None and sample in ("real", "fake"):
-        raise ValueError(f"{where}: alpha is used only with sample='interpolate' or 'dragan', not {sample!r}")
-    if scaler is not None and not all(hasattr(scaler, m) for m in ("scale", "get_scale", "is_enabled")):
-        raise TypeError(f"{where}: scaler must be a torch.amp.GradScaler (or None), got {type(scaler).__name__}")
-
-    need_real, need_fake = sample != "fake", sample in ("interpolate", "fake")
-    r_parts = r_kind = f_parts = f_kind = None
-    if real is not None:
-        r_parts, r_kind = _parts(where, "real", real)
-    elif need_real:
-        raise ValueError(f"{where}: real is required for sample={sample!r}")
-    if fake is not None:
-        f_parts, f_kind = _parts(where, "fake", fake)
-    elif need_fake:
-        raise ValueError(f"{where}: fake is required for sample={sample!r}")
-    if r_parts is not None and f_parts is not None:
-        _matching(where, r_parts, r_kind, f_parts, f_kind)
-    base, kind = (f_parts, f_kind) if sample == "fake" else (r_parts, r_kind)
-    batch = base[0].shape[0]
-    _batchnorm(where, critic, strict)
-
-    # The points, as fresh leaves: no autograd history into real/fake, and the caller's tensors untouched.
-    with torch.no_grad():
-        if sample == "interpolate":
-            a = _draw_alpha(batch, base, generator) if alpha is None else alpha
-            points = [functional.interpolate(r, f, a, backend=backend) for r, f in zip(r_parts, f_parts)]
-        elif sample == "dragan":
-            a = _draw_alpha(batch, base, generator) if alpha is None else alpha
-            points = []
-            for r in r_parts:
-                draw = accum_dtype(r.dtype)
-                u = torch.rand(r.shape, generator=generator, device=r.device, dtype=draw)
-                spread = dragan_scale * r.to(draw).std(correction=0)
-                perturbed = (r.to(draw) + spread * u).to(r.dtype)
-                points.append(functional.interpolate(perturbed, r, a, backend=backend))
-        else:
-            # An inference-mode tensor cannot become a leaf that requires grad: copy it (rare, costs a copy).
-            points = [p.clone() if p.is_inference() else p for p in base]
-    points = [p.detach().requires_grad_(True) for p in points]
-
-    score = _score(where, _call(critic, points, kind, critic_args, critic_kwargs, second_order=True,
-                         fast_relu=fast_relu), batch)
-    if not score.requires_grad:
-        raise _no_dependence(where)
-
-    inv_scale = 1.0
-    if scaler is not None and scaler.is_enabled():
-        # Take the inner gradient of scale * mean_i D(x_i): per sample that is scale / B, the size the
-        # critic loss's own scaled gradient has, so fp16 does not overflow sooner than in the rest of the
-        # step. The kernel unscales the norms by B / scale. A non-finite inner gradient makes the penalty
-        # and its parameter gradients non-finite, so GradScaler skips the step as it would without us.
-        inner = scaler.scale(score.float().mean())
-        inv_scale = batch / scaler.get_scale()
-        grads = torch.autograd.grad(inner, points, create_graph=True, allow_unused=True)
-    else:
-        grads = torch.autograd.grad(score, points, grad_outputs=torch.ones_like(score), create_graph=True,
-                                    allow_unused=True)
-    if all(g is None for g in grads):
-        raise _no_dependence(where)
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, points)]
-    # Several inputs: one norm over all of them jointly.
-    g = grads[0] if len(grads) == 1 else torch.cat([x.reshape(batch, -1) for x in grads], dim=1)
-    loss, norms = functional.penalty(g, target=target, one_sided=one_sided, weight=weight,
-                                     inv_scale=inv_scale, return_norms=True, backend=backend)
-    return (loss, norms) if return_norms else loss
-
-
-def gradient_penalty(critic, real, fake=None, *critic_args, weight=10.0, target=1.0, one_sided=False,
-                     sample="interpolate", alpha=None, generator=None, dragan_scale=0.5, scaler=None,
-                     return_norms=False, strict=False, backend=None, fast_relu=True, **critic_kwargs):
-    """The gradient penalty of a critic, ready to add to the critic loss.
+GRADIENT_PENALTY_DOC = """The gradient penalty of a critic, ready to add to the critic loss.
 
         x_i   = where the penalty is taken (see `sample`), a detached leaf
         n_i   = ||grad_x D(x)_i||            (over all non-batch dims, of all inputs jointly)
@@ -283,123 +196,9 @@ def gradient_penalty(critic, real, fake=None, *critic_args, weight=10.0, target=
         loss: () float32 (float64 for float64 input), differentiable w.r.t. the critic's parameters.
         norms: (B,) of the same dtype, only with return_norms=True.
     """
-    return _gradient_penalty("gpkernels.gradient_penalty", critic, real, fake, critic_args, critic_kwargs,
-                             weight=weight, target=target, one_sided=one_sided, sample=sample, alpha=alpha,
-                             generator=generator, dragan_scale=dragan_scale, scaler=scaler,
-                             return_norms=return_norms, strict=strict, backend=backend, fast_relu=fast_relu)
 
-
-def wgan_gp_penalty(critic, real, fake, *critic_args, weight=10.0, alpha=None, generator=None, scaler=None,
-                    return_norms=False, strict=False, backend=None, fast_relu=True, **critic_kwargs):
-    """WGAN-GP (Gulrajani et al. 2017): weight * mean_i (||grad D(x_i)|| - 1)^2 on real-fake interpolates.
-    Shapes and arguments as in `gradient_penalty`."""
-    return _gradient_penalty("gpkernels.wgan_gp_penalty", critic, real, fake, critic_args, critic_kwargs,
-                             weight=weight, target=1.0, one_sided=False, sample="interpolate", alpha=alpha,
-                             generator=generator, dragan_scale=0.5, scaler=scaler,
-                             return_norms=return_norms, strict=strict, backend=backend, fast_relu=fast_relu)
-
-
-def lipschitz_penalty(critic, real, fake, *critic_args, weight=10.0, alpha=None, generator=None,
-                      scaler=None, return_norms=False, strict=False, backend=None, fast_relu=True, **critic_kwargs):
-    """WGAN-LP (Petzka et al. 2018), the one-sided penalty: weight * mean_i max(0, ||grad D(x_i)|| - 1)^2
-    on real-fake interpolates. Shapes and arguments as in `gradient_penalty`."""
-    return _gradient_penalty("gpkernels.lipschitz_penalty", critic, real, fake, critic_args, critic_kwargs,
-                             weight=weight, target=1.0, one_sided=True, sample="interpolate", alpha=alpha,
-                             generator=generator, dragan_scale=0.5, scaler=scaler,
-                             return_norms=return_norms, strict=strict, backend=backend, fast_relu=fast_relu)
-
-
-def r1_penalty(critic, real, *critic_args, weight=5.0, scaler=None, return_norms=False, strict=False,
-               backend=None, fast_relu=True, **critic_kwargs):
-    """R1 (Mescheder et al. 2018): weight * mean_i ||grad D(real_i)||^2. The default weight 5 is gamma / 2
-    with the paper's gamma = 10. real: (B, *) or a tuple of such; other arguments as in `gradient_penalty`."""
-    return _gradient_penalty("gpkernels.r1_penalty", critic, real, None, critic_args, critic_kwargs,
-                             weight=weight, target=0.0, one_sided=False, sample="real", alpha=None,
-                             generator=None, dragan_scale=0.5, scaler=scaler, return_norms=return_norms,
-                             strict=strict, backend=backend, fast_relu=fast_relu)
-
-
-def r2_penalty(critic, fake, *critic_args, weight=5.0, scaler=None, return_norms=False, strict=False,
-               backend=None, fast_relu=True, **critic_kwargs):
-    """R2 (Mescheder et al. 2018): weight * mean_i ||grad D(fake_i)||^2 (gamma / 2 = 5 by default).
-    fake: (B, *) or a tuple of such; other arguments as in `gradient_penalty`."""
-    return _gradient_penalty("gpkernels.r2_penalty", critic, None, fake, critic_args, critic_kwargs,
-                             weight=weight, target=0.0, one_sided=False, sample="fake", alpha=None,
-                             generator=None, dragan_scale=0.5, scaler=scaler, return_norms=return_norms,
-                             strict=strict, backend=backend, fast_relu=fast_relu)
-
-
-def dragan_penalty(critic, real, *critic_args, weight=10.0, dragan_scale=0.5, alpha=None, generator=None,
-                   scaler=None, return_norms=False, strict=False, backend=None, fast_relu=True, **critic_kwargs):
-    """DRAGAN (Kodali et al. 2017): weight * mean_i (||grad D(x_i)|| - 1)^2 at points x_i between real_i
-    and a perturbed copy real_i + dragan_scale * std(real) * u_i, u ~ U[0, 1). Arguments as in
-    `gradient_penalty` with sample="dragan"."""
-    return _gradient_penalty("gpkernels.dragan_penalty", critic, real, None, critic_args, critic_kwargs,
-                             weight=weight, target=1.0, one_sided=False, sample="dragan", alpha=alpha,
-                             generator=generator, dragan_scale=dragan_scale, scaler=scaler,
-                             return_norms=return_norms, strict=strict, backend=backend, fast_relu=fast_relu)
-
-
-# ------------------------------------------------------------------------------------ finite difference
-
-def _finite_difference(where, critic, real, fake, critic_args, critic_kwargs, *, weight, target, one_sided,
-                       alpha, generator, min_gap, return_slopes, strict, backend):
-    _critic_fn(where, critic)
-    weight = _checks.finite_number(where, "weight", weight)
-    target = _checks.finite_number(where, "target", target)
-    min_gap = _checks.finite_number(where, "min_gap", min_gap)
-    if min_gap >= 1:
-        raise ValueError(f"{where}: min_gap must be < 1 (a fraction of the real-fake distance), got {min_gap}")
-    _flag(where, "one_sided", one_sided)
-    _flag(where, "return_slopes", return_slopes)
-    _flag(where, "strict", strict)
-    if real is None or fake is None:
-        raise ValueError(f"{where}: real and fake are both required")
-    r_parts, kind = _parts(where, "real", real)
-    f_parts, f_kind = _parts(where, "fake", fake)
-    _matching(where, r_parts, kind, f_parts, f_kind)
-    batch = r_parts[0].shape[0]
-    if alpha is not None:
-        if not (isinstance(alpha, (tuple, list)) and len(alpha) == 2):
-            raise TypeError(f"{where}: alpha must be None or a pair (alpha1, alpha2) of (B,) tensors")
-    _batchnorm(where, critic, strict)
-
-    acc = accum_dtype(r_parts[0].dtype)
-    with torch.no_grad():
-        if alpha is None:
-            a1 = _draw_alpha(batch, r_parts, generator)
-            a2 = _draw_alpha(batch, r_parts, generator)
-        else:
-            a1, a2 = alpha
-        x1 = [functional.interpolate(r, f, a1, backend=backend) for r, f in zip(r_parts, f_parts)]
-        x2 = [functional.interpolate(r, f, a2, backend=backend) for r, f in zip(r_parts, f_parts)]
-        # Distances between the points actually fed to the critic, and between real and fake.
-        dist = sum((p.to(acc) - q.to(acc)).reshape(batch, -1).square().sum(1) for p, q in zip(x1, x2)).sqrt()
-        span = sum((r.to(acc) - f.to(acc)).reshape(batch, -1).square().sum(1)
-                   for r, f in zip(r_parts, f_parts)).sqrt()
-        # Pairs closer than min_gap of their real-fake distance (coincident points included) have no slope
-        # worth trusting: rounding in D(x1) - D(x2) would be divided by almost nothing. They leave the sum.
-        keep = (dist > min_gap * span) & (dist > 0)
-        safe = torch.where(keep, dist, torch.ones_like(dist))
-
-    d1 = _score(where, _call(critic, x1, kind, critic_args, critic_kwargs), batch)
-    d2 = _score(where, _call(critic, x2, kind, critic_args, critic_kwargs), batch)
-    slopes = (d1.to(acc) - d2.to(acc)).abs() / safe
-    excess = slopes - target
-    if one_sided:
-        excess = excess.clamp_min(0)
-    terms = torch.where(keep, excess.square(), torch.zeros_like(excess))
-    loss = weight * terms.sum() / batch
-    if return_slopes:
-        shown = torch.where(keep, slopes.detach(), torch.full_like(slopes, math.nan))
-        return loss, shown
-    return loss
-
-
-def finite_difference_penalty(critic, real, fake, *critic_args, weight=10.0, target=1.0, one_sided=False,
-                              alpha=None, generator=None, min_gap=1e-3, return_slopes=False, strict=False,
-                              backend=None, **critic_kwargs):
-    """A Lipschitz penalty with no double backward: the critic's slope between two points per sample.
+FINITE_DIFFERENCE_DOC = """A Lipschitz penalty with no double backward: the critic's slope between two points per
+    sample.
 
         x1_i = a_i real_i + (1 - a_i) fake_i,   x2_i = b_i real_i + (1 - b_i) fake_i,   a, b ~ U[0, 1)
         slope_i = |D(x1)_i - D(x2)_i| / ||x1_i - x2_i||
@@ -426,16 +225,308 @@ def finite_difference_penalty(critic, real, fake, *critic_args, weight=10.0, tar
     Returns:
         loss: () float32 (float64 for float64 input).  slopes: (B,), only with return_slopes=True.
     """
-    return _finite_difference("gpkernels.finite_difference_penalty", critic, real, fake, critic_args,
-                              critic_kwargs, weight=weight, target=target, one_sided=one_sided, alpha=alpha,
-                              generator=generator, min_gap=min_gap, return_slopes=return_slopes,
-                              strict=strict, backend=backend)
+
+
+# ---------------------------------------------------------------------------------- the configuration
+
+@dataclasses.dataclass(frozen=True)
+class PenaltySpec:
+    """One regulariser's configuration, checked once when it is made; `gradient_penalty`, its shortcuts,
+    `finite_difference_penalty` and `GradientPenalty` all run one.
+
+    Fields (see `gradient_penalty` for their meaning):
+        weight: float >= 0 (lambda).  target: float >= 0.  one_sided: bool.
+        sample: "interpolate" | "real" | "fake" | "dragan".  dragan_scale: float > 0.
+        method: "gradient" (the double-backward penalty) or "finite_difference" (sample "interpolate").
+        min_gap: float in [0, 1), for "finite_difference".
+        strict: raise instead of warning about BatchNorm.  backend: None or a backend name.
+        fast_relu: reroute the critic's piecewise-linear layers at the penalty points.
+
+    `dataclasses.replace(spec, weight=...)` makes a checked variant.
+    """
+
+    weight: float = 10.0
+    target: float = 1.0
+    one_sided: bool = False
+    sample: str = "interpolate"
+    _: dataclasses.KW_ONLY
+    dragan_scale: float = 0.5
+    method: str = "gradient"
+    min_gap: float = 1e-3
+    strict: bool = False
+    backend: typing.Optional[str] = None
+    fast_relu: bool = True
+    where: dataclasses.InitVar[str] = "gpkernels.PenaltySpec"  # the function named in error messages
+
+    def __post_init__(self, where):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("weight", _checks.finite_number(where, "weight", self.weight))
+        put("target", _checks.finite_number(where, "target", self.target))
+        put("dragan_scale", _checks.finite_number(where, "dragan_scale", self.dragan_scale, strict=True))
+        put("min_gap", _checks.finite_number(where, "min_gap", self.min_gap))
+        if self.min_gap >= 1:
+            raise ValueError(f"{where}: min_gap must be < 1 (a fraction of the real-fake distance), got "
+                             f"{self.min_gap}")
+        for name in ("one_sided", "strict", "fast_relu"):
+            _flag(where, name, getattr(self, name))
+        if self.sample not in SAMPLES:
+            raise ValueError(f"{where}: sample must be one of {', '.join(SAMPLES)}; got {self.sample!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"{where}: method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.method == "finite_difference" and self.sample != "interpolate":
+            raise ValueError(f"{where}: method='finite_difference' takes its points on the real-fake line; "
+                             f"sample must be 'interpolate', got {self.sample!r}")
+        if self.backend is not None:
+            backends._check_name(self.backend, where)
+
+
+# ---------------------------------------------------------------------------------------- the penalty
+
+class _Inputs(typing.NamedTuple):
+    """One call's data (as opposed to its configuration)."""
+    critic: typing.Any
+    real: typing.Any
+    fake: typing.Any
+    critic_args: tuple
+    critic_kwargs: dict
+    alpha: typing.Any = None
+    generator: typing.Any = None
+    scaler: typing.Any = None
+    return_norms: bool = False
+
+
+def _run(where, spec, call):
+    """Check the call against the spec, then compute: loss, or (loss, norms) with return_norms."""
+    _critic_fn(where, call.critic)
+    _flag(where, "return_norms" if spec.method == "gradient" else "return_slopes", call.return_norms)
+    if spec.method == "finite_difference":
+        return _finite_difference(where, spec, call)
+    return _gradient_penalty(where, spec, call)
+
+
+def _gradient_penalty(where, spec, call):
+    # gpkernels.reference.gradient_penalty / penalty_points compute the same thing in plain autograd for
+    # single tensors: a deliberate second copy, the ground truth this one is compared with (demo, trainer,
+    # benchmarks).
+    sample, alpha, scaler = spec.sample, call.alpha, call.scaler
+    if alpha is not None and sample in ("real", "fake"):
+        raise ValueError(f"{where}: alpha is used only with sample='interpolate' or 'dragan', not {sample!r}")
+    if scaler is not None and not all(hasattr(scaler, m) for m in ("scale", "get_scale", "is_enabled")):
+        raise TypeError(f"{where}: scaler must be a torch.amp.GradScaler (or None), got {type(scaler).__name__}")
+
+    need_real, need_fake = sample != "fake", sample in ("interpolate", "fake")
+    r_parts = r_kind = f_parts = f_kind = None
+    if call.real is not None:
+        r_parts, r_kind = _parts(where, "real", call.real)
+    elif need_real:
+        raise ValueError(f"{where}: real is required for sample={sample!r}")
+    if call.fake is not None:
+        f_parts, f_kind = _parts(where, "fake", call.fake)
+    elif need_fake:
+        raise ValueError(f"{where}: fake is required for sample={sample!r}")
+    if r_parts is not None and f_parts is not None:
+        _matching(where, r_parts, r_kind, f_parts, f_kind)
+    base, kind = (f_parts, f_kind) if sample == "fake" else (r_parts, r_kind)
+    batch = base[0].shape[0]
+    _batchnorm(where, call.critic, spec.strict)
+
+    # The points, as fresh leaves: no autograd history into real/fake, and the caller's tensors untouched.
+    backend = spec.backend
+    with torch.no_grad():
+        if sample == "interpolate":
+            a = draw_alpha(base[0], call.generator) if alpha is None else alpha
+            points = [functional.interpolate(r, f, a, backend=backend) for r, f in zip(r_parts, f_parts)]
+        elif sample == "dragan":
+            a = draw_alpha(base[0], call.generator) if alpha is None else alpha
+            points = []
+            for r in r_parts:
+                draw = accum_dtype(r.dtype)
+                u = torch.rand(r.shape, generator=call.generator, device=r.device, dtype=draw)
+                spread = spec.dragan_scale * r.to(draw).std(correction=0)
+                perturbed = (r.to(draw) + spread * u).to(r.dtype)
+                points.append(functional.interpolate(perturbed, r, a, backend=backend))
+        else:
+            # An inference-mode tensor cannot become a leaf that requires grad: copy it (rare, costs a copy).
+            points = [p.clone() if p.is_inference() else p for p in base]
+    points = [p.detach().requires_grad_(True) for p in points]
+
+    score = _score(where, _call(call.critic, points, kind, call.critic_args, call.critic_kwargs, second_order=True,
+                                fast_relu=spec.fast_relu), batch)
+    if not score.requires_grad:
+        raise _no_dependence(where)
+
+    inv_scale = 1.0
+    if scaler is not None and scaler.is_enabled():
+        # Take the inner gradient of scale * mean_i D(x_i): per sample that is scale / B, the size the
+        # critic loss's own scaled gradient has, so fp16 does not overflow sooner than in the rest of the
+        # step. The kernel unscales the norms by B / scale. A non-finite inner gradient makes the penalty
+        # and its parameter gradients non-finite, so GradScaler skips the step as it would without us.
+        inner = scaler.scale(score.float().mean())
+        inv_scale = batch / scaler.get_scale()
+        grads = torch.autograd.grad(inner, points, create_graph=True, allow_unused=True)
+    else:
+        grads = torch.autograd.grad(score, points, grad_outputs=torch.ones_like(score), create_graph=True,
+                                    allow_unused=True)
+    if all(g is None for g in grads):
+        raise _no_dependence(where)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, points)]
+    # Several inputs: one norm over all of them jointly.
+    g = grads[0] if len(grads) == 1 else torch.cat([x.reshape(batch, -1) for x in grads], dim=1)
+    loss, norms = functional.penalty(g, target=spec.target, one_sided=spec.one_sided, weight=spec.weight,
+                                     inv_scale=inv_scale, return_norms=True, backend=backend)
+    return (loss, norms) if call.return_norms else loss
+
+
+def _finite_difference(where, spec, call):
+    # Deliberately mirrored by gpkernels.reference.finite_difference_penalty (the plain ground truth).
+    if call.scaler is not None:
+        raise ValueError(f"{where}: the finite-difference penalty takes no scaler (it has no inner gradient "
+                         f"to unscale)")
+    real, fake, alpha = call.real, call.fake, call.alpha
+    if real is None or fake is None:
+        raise ValueError(f"{where}: real and fake are both required")
+    r_parts, kind = _parts(where, "real", real)
+    f_parts, f_kind = _parts(where, "fake", fake)
+    _matching(where, r_parts, kind, f_parts, f_kind)
+    batch = r_parts[0].shape[0]
+    if alpha is not None:
+        if not (isinstance(alpha, (tuple, list)) and len(alpha) == 2):
+            raise TypeError(f"{where}: alpha must be None or a pair (alpha1, alpha2) of (B,) tensors")
+    _batchnorm(where, call.critic, spec.strict)
+
+    acc = accum_dtype(r_parts[0].dtype)
+    with torch.no_grad():
+        if alpha is None:
+            a1 = draw_alpha(r_parts[0], call.generator)
+            a2 = draw_alpha(r_parts[0], call.generator)
+        else:
+            a1, a2 = alpha
+        x1 = [functional.interpolate(r, f, a1, backend=spec.backend) for r, f in zip(r_parts, f_parts)]
+        x2 = [functional.interpolate(r, f, a2, backend=spec.backend) for r, f in zip(r_parts, f_parts)]
+        # Distances between the points actually fed to the critic, and between real and fake.
+        dist = sum((p.to(acc) - q.to(acc)).reshape(batch, -1).square().sum(1) for p, q in zip(x1, x2)).sqrt()
+        span = sum((r.to(acc) - f.to(acc)).reshape(batch, -1).square().sum(1)
+                   for r, f in zip(r_parts, f_parts)).sqrt()
+        # Pairs closer than min_gap of their real-fake distance (coincident points included) have no slope
+        # worth trusting: rounding in D(x1) - D(x2) would be divided by almost nothing. They leave the sum.
+        keep = (dist > spec.min_gap * span) & (dist > 0)
+        safe = torch.where(keep, dist, torch.ones_like(dist))
+
+    d1 = _score(where, _call(call.critic, x1, kind, call.critic_args, call.critic_kwargs), batch)
+    d2 = _score(where, _call(call.critic, x2, kind, call.critic_args, call.critic_kwargs), batch)
+    slopes = (d1.to(acc) - d2.to(acc)).abs() / safe
+    excess = slopes - spec.target
+    if spec.one_sided:
+        excess = excess.clamp_min(0)
+    terms = torch.where(keep, excess.square(), torch.zeros_like(excess))
+    loss = spec.weight * terms.sum() / batch
+    if call.return_norms:
+        shown = torch.where(keep, slopes.detach(), torch.full_like(slopes, math.nan))
+        return loss, shown
+    return loss
+
+
+# ---------------------------------------------------------------------------------- public functions
+# Each public function is a preset of PenaltySpec: some fields fixed, the others open as keyword arguments
+# with the preset's defaults. `_preset` builds the function and its signature from one table, so that the
+# parameters are spelled once (here) and checked once (PenaltySpec).
+
+_P = inspect.Parameter
+# Keyword arguments of a call that are data, not configuration, in their order in the signatures.
+_CALL_ARGS = ("alpha", "generator", "scaler", "return_norms")
+_ORDER = ("weight", "target", "one_sided", "sample", "alpha", "generator", "dragan_scale", "min_gap", "scaler",
+          "return_norms", "return_slopes", "strict", "backend", "fast_relu")
+_CALL_DEFAULTS = dict(alpha=None, generator=None, scaler=None, return_norms=False, return_slopes=False)
+
+
+def _preset(name, data, options, fixed, doc):
+    """A public penalty function.
+
+    name: its name (gpkernels.<name> in messages).  data: the positional tensors after the critic, e.g.
+    ("real", "fake"); a (name, default) pair makes one optional.  options: {keyword: default} of the open
+    spec fields and call arguments, in signature order.  fixed: the spec fields the function pins.
+    """
+    where = f"gpkernels.{name}"
+    params = [_P("critic", _P.POSITIONAL_OR_KEYWORD)]
+    for item in data:
+        if isinstance(item, tuple):
+            params.append(_P(item[0], _P.POSITIONAL_OR_KEYWORD, default=item[1]))
+        else:
+            params.append(_P(item, _P.POSITIONAL_OR_KEYWORD))
+    params.append(_P("critic_args", _P.VAR_POSITIONAL))
+    params += [_P(k, _P.KEYWORD_ONLY, default=options[k]) for k in _ORDER if k in options]
+    params.append(_P("critic_kwargs", _P.VAR_KEYWORD))
+    signature = inspect.Signature(params)
+    spec_fields = {f.name for f in dataclasses.fields(PenaltySpec)}
+    defaults = PenaltySpec(**{k: v for k, v in options.items() if k in spec_fields}, **fixed, where=where)
+
+    def penalty(*args, **kwargs):
+        a = signature.bind(*args, **kwargs).arguments
+        given = {k: a[k] for k in options if k in spec_fields and k in a}
+        spec = dataclasses.replace(defaults, **given, where=where) if given else defaults
+        call = _Inputs(a["critic"], a.get("real"), a.get("fake"), a.get("critic_args", ()),
+                       a.get("critic_kwargs", {}), a.get("alpha"), a.get("generator"), a.get("scaler"),
+                       a.get("return_norms", a.get("return_slopes", False)))
+        return _run(where, spec, call)
+
+    penalty.__name__ = penalty.__qualname__ = name
+    penalty.__module__ = "gpkernels"
+    penalty.__signature__ = signature
+    penalty.__doc__ = doc
+    penalty.spec = defaults
+    return penalty
+
+
+_GRADIENT_OPTIONS = dict(scaler=None, return_norms=False, strict=False, backend=None, fast_relu=True)
+
+gradient_penalty = _preset(
+    "gradient_penalty", ("real", ("fake", None)),
+    dict(weight=10.0, target=1.0, one_sided=False, sample="interpolate", alpha=None, generator=None,
+         dragan_scale=0.5, **_GRADIENT_OPTIONS), {}, GRADIENT_PENALTY_DOC)
+
+wgan_gp_penalty = _preset(
+    "wgan_gp_penalty", ("real", "fake"), dict(weight=10.0, alpha=None, generator=None, **_GRADIENT_OPTIONS),
+    dict(target=1.0, one_sided=False, sample="interpolate"),
+    """WGAN-GP (Gulrajani et al. 2017): weight * mean_i (||grad D(x_i)|| - 1)^2 on real-fake interpolates.
+    Shapes and arguments as in `gradient_penalty`.""")
+
+lipschitz_penalty = _preset(
+    "lipschitz_penalty", ("real", "fake"), dict(weight=10.0, alpha=None, generator=None, **_GRADIENT_OPTIONS),
+    dict(target=1.0, one_sided=True, sample="interpolate"),
+    """WGAN-LP (Petzka et al. 2018), the one-sided penalty: weight * mean_i max(0, ||grad D(x_i)|| - 1)^2
+    on real-fake interpolates. Shapes and arguments as in `gradient_penalty`.""")
+
+r1_penalty = _preset(
+    "r1_penalty", ("real",), dict(weight=5.0, **_GRADIENT_OPTIONS), dict(target=0.0, sample="real"),
+    """R1 (Mescheder et al. 2018): weight * mean_i ||grad D(real_i)||^2. The default weight 5 is gamma / 2
+    with the paper's gamma = 10. real: (B, *) or a tuple of such; other arguments as in `gradient_penalty`.""")
+
+r2_penalty = _preset(
+    "r2_penalty", ("fake",), dict(weight=5.0, **_GRADIENT_OPTIONS), dict(target=0.0, sample="fake"),
+    """R2 (Mescheder et al. 2018): weight * mean_i ||grad D(fake_i)||^2 (gamma / 2 = 5 by default).
+    fake: (B, *) or a tuple of such; other arguments as in `gradient_penalty`.""")
+
+dragan_penalty = _preset(
+    "dragan_penalty", ("real",),
+    dict(weight=10.0, dragan_scale=0.5, alpha=None, generator=None, **_GRADIENT_OPTIONS),
+    dict(target=1.0, one_sided=False, sample="dragan"),
+    """DRAGAN (Kodali et al. 2017): weight * mean_i (||grad D(x_i)|| - 1)^2 at points x_i between real_i
+    and a perturbed copy real_i + dragan_scale * std(real) * u_i, u ~ U[0, 1). Arguments as in
+    `gradient_penalty` with sample="dragan".""")
+
+finite_difference_penalty = _preset(
+    "finite_difference_penalty", ("real", "fake"),
+    dict(weight=10.0, target=1.0, one_sided=False, alpha=None, generator=None, min_gap=1e-3, return_slopes=False,
+         strict=False, backend=None),
+    dict(method="finite_difference"), FINITE_DIFFERENCE_DOC)
 
 
 # ---------------------------------------------------------------------------------------------- module
 
 class GradientPenalty(nn.Module):
-    """One regulariser's configuration, applied with `penalty(critic, real, fake, *critic_args)`.
+    """One regulariser's configuration (a PenaltySpec), applied with `penalty(critic, real, fake, *critic_args)`.
 
     Lazy regularisation (Karras et al. 2020, StyleGAN2): with lazy=k the penalty is computed on every k-th
     call only (the 1st, (k+1)-th, ...) with its weight multiplied by k, and the calls in between return a
@@ -443,39 +534,35 @@ class GradientPenalty(nn.Module):
     saved in the module's state_dict, so a resumed run keeps the same schedule.
 
     Args:
-        weight, target, one_sided, sample, dragan_scale, strict, backend, fast_relu: as in `gradient_penalty`.
-        method: "gradient" (the double-backward penalty) or "finite_difference"
-            (`finite_difference_penalty`; sample must then be "interpolate").
+        weight, target, one_sided, sample and, as keywords, method, dragan_scale, min_gap, strict, backend,
+            fast_relu: the PenaltySpec fields (see `gradient_penalty`); or spec=PenaltySpec(...) instead.
         lazy: int >= 1.
-        min_gap: for method="finite_difference".
 
     Call: `forward(critic, real, fake=None, *critic_args, alpha=None, generator=None, scaler=None,
     return_norms=False, **critic_kwargs)` -> loss () (and the (B,) norms or slopes, None on a skipped
-    call). `last_norms` keeps the detached (B,) norms (slopes) of the last computed call.
+    call). `last_norms` keeps the detached (B,) norms (slopes) of the last computed call. The spec's fields
+    read as attributes (`penalty.weight`, `penalty.method`, ...).
     """
 
-    def __init__(self, weight=10.0, target=1.0, one_sided=False, sample="interpolate", *, method="gradient",
-                 lazy=1, dragan_scale=0.5, min_gap=1e-3, strict=False, backend=None, fast_relu=True):
+    def __init__(self, *args, lazy=1, spec=None, **fields):
         super().__init__()
         where = "gpkernels.GradientPenalty"
-        self.weight = _checks.finite_number(where, "weight", weight)
-        self.target = _checks.finite_number(where, "target", target)
-        self.one_sided = _flag(where, "one_sided", one_sided)
-        if sample not in SAMPLES:
-            raise ValueError(f"{where}: sample must be one of {', '.join(SAMPLES)}; got {sample!r}")
-        if method not in METHODS:
-            raise ValueError(f"{where}: method must be one of {', '.join(METHODS)}; got {method!r}")
-        if method == "finite_difference" and sample != "interpolate":
-            raise ValueError(f"{where}: method='finite_difference' takes its points on the real-fake line; "
-                             f"sample must be 'interpolate', got {sample!r}")
+        if spec is not None:
+            if args or fields:
+                raise TypeError(f"{where}: give either spec= or the fields of one, not both")
+            if not isinstance(spec, PenaltySpec):
+                raise TypeError(f"{where}: spec must be a gpkernels.PenaltySpec, got {type(spec).__name__}")
+        else:
+            try:
+                spec = PenaltySpec(*args, **fields, where=where)
+            except TypeError as e:
+                if "argument" not in str(e):
+                    raise
+                raise TypeError(f"{where}: {e}") from None
         if isinstance(lazy, bool) or not isinstance(lazy, numbers.Integral) or lazy < 1:
             raise ValueError(f"{where}: lazy must be an int >= 1, got {lazy!r}")
-        self.sample, self.method, self.lazy = sample, method, int(lazy)
-        self.dragan_scale = _checks.finite_number(where, "dragan_scale", dragan_scale, strict=True)
-        self.min_gap = _checks.finite_number(where, "min_gap", min_gap)
-        self.strict = _flag(where, "strict", strict)
-        self.backend = backend
-        self.fast_relu = _flag(where, "fast_relu", fast_relu)
+        self.spec = spec
+        self.lazy = int(lazy)
         self.calls = 0
         self.last_norms = None
 
@@ -486,31 +573,20 @@ class GradientPenalty(nn.Module):
 
     def forward(self, critic, real, fake=None, *critic_args, alpha=None, generator=None, scaler=None,
                 return_norms=False, **critic_kwargs):
+        where = "gpkernels.GradientPenalty"
         due = self.due
         self.calls += 1
         if not due:
             given = real if real is not None else fake
             if given is None:
-                raise ValueError("gpkernels.GradientPenalty: real (or fake, for sample='fake') is required")
-            like = _parts("gpkernels.GradientPenalty", "real" if real is not None else "fake", given)[0][0]
-            dtype = accum_dtype(like.dtype)
-            zero = torch.zeros((), dtype=dtype, device=like.device)
+                raise ValueError(f"{where}: real (or fake, for sample='fake') is required")
+            like = _parts(where, "real" if real is not None else "fake", given)[0][0]
+            zero = torch.zeros((), dtype=accum_dtype(like.dtype), device=like.device)
             return (zero, None) if return_norms else zero
-        weight = self.weight * self.lazy
-        if self.method == "finite_difference":
-            if scaler is not None:
-                raise ValueError("gpkernels.GradientPenalty: the finite-difference penalty takes no scaler "
-                                 "(it has no inner gradient to unscale)")
-            loss, norms = _finite_difference(
-                "gpkernels.GradientPenalty", critic, real, fake, critic_args, critic_kwargs, weight=weight,
-                target=self.target, one_sided=self.one_sided, alpha=alpha, generator=generator,
-                min_gap=self.min_gap, return_slopes=True, strict=self.strict, backend=self.backend)
-        else:
-            loss, norms = _gradient_penalty(
-                "gpkernels.GradientPenalty", critic, real, fake, critic_args, critic_kwargs, weight=weight,
-                target=self.target, one_sided=self.one_sided, sample=self.sample, alpha=alpha,
-                generator=generator, dragan_scale=self.dragan_scale, scaler=scaler, return_norms=True,
-                strict=self.strict, backend=self.backend, fast_relu=self.fast_relu)
+        spec = self.spec if self.lazy == 1 else dataclasses.replace(self.spec, weight=self.spec.weight * self.lazy,
+                                                                    where=where)
+        call = _Inputs(critic, real, fake, critic_args, critic_kwargs, alpha, generator, scaler, True)
+        loss, norms = _run(where, spec, call)
         self.last_norms = norms
         return (loss, norms) if return_norms else loss
 
@@ -524,3 +600,9 @@ class GradientPenalty(nn.Module):
         text = (f"weight={self.weight}, target={self.target}, one_sided={self.one_sided}, "
                 f"sample={self.sample!r}, method={self.method!r}, lazy={self.lazy}")
         return text + (f", backend={self.backend!r}" if self.backend is not None else "")
+
+
+for _field in dataclasses.fields(PenaltySpec):
+    setattr(GradientPenalty, _field.name, property(lambda self, _name=_field.name: getattr(self.spec, _name),
+                                                    doc=f"The spec's {_field.name} (read-only)."))
+del _field

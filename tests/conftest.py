@@ -14,14 +14,22 @@ import gpkernels  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available()
 
-# (backend, device) pairs the suite runs; the GPU ones skip on a machine without a GPU.
-BACKEND_DEVICES = [
-    pytest.param("cpu", "cpu", id="cpu"),
-    pytest.param("triton", "cpu", id="triton-interp"),
-    pytest.param("reference", "cpu", id="reference"),
-    pytest.param("cuda", "cuda", id="cuda", marks=pytest.mark.skipif(not HAS_GPU, reason="no GPU")),
-    pytest.param("triton", "cuda", id="triton-cuda", marks=pytest.mark.skipif(not HAS_GPU, reason="no GPU")),
-]
+
+
+def _backend_devices():
+    """(backend, device) pairs the suite runs, from the backend registry: every registered backend on each
+    device type it serves. The CUDA ones carry the `gpu` marker (skipped on a machine without a GPU)."""
+    params = []
+    for name in gpkernels.backends.NAMES:
+        types = gpkernels.backends.get(name).device_types
+        for device in types:
+            marks = [pytest.mark.gpu] if device == "cuda" else []
+            params.append(pytest.param(name, device, id=name if len(types) == 1 else f"{name}-{device}",
+                                       marks=marks))
+    return params
+
+
+BACKEND_DEVICES = _backend_devices()
 FUSED_BACKEND_DEVICES = [p for p in BACKEND_DEVICES if p.values[0] != "reference"]
 
 # Absolute and relative tolerance of a fused result against the float64 truth, per dtype, on top of the
@@ -45,6 +53,16 @@ def assert_close_to_truth(fused, ours_in_dtype_ref, truth, dtype):
     excess = (fused64 - truth64).abs() - bound
     worst = excess.max().item() if excess.numel() else 0.0
     assert worst <= 0, f"fused result off by {worst:.3g} beyond the bound (dtype {dtype})"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip where torch sees no CUDA device."""
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason="no GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -10,26 +10,36 @@ import pytest
 import torch
 
 import gpkernels
-from gpkernels import _ext, backends
+from gpkernels import backends
+from gpkernels.backends import native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_auto_prefers_the_compiled_cpu_kernels(monkeypatch):
-    if not _ext.LOADED:
-        pytest.skip("extension not loaded")
-    calls = []
+def _spy_on_select(monkeypatch):
+    """The names of the backends the public functions select, in call order."""
+    seen = []
     real_select = backends.select
-    monkeypatch.setattr(gpkernels.functional.backends, "select",
-                        lambda *a: calls.append(real_select(*a)) or calls[-1])
+
+    def spy(*args):
+        chosen = real_select(*args)
+        seen.append(chosen.name)
+        return chosen
+
+    monkeypatch.setattr(backends, "select", spy)
+    return seen
+
+
+def test_auto_prefers_the_compiled_cpu_kernels(monkeypatch):
+    if not native.LOADED:
+        pytest.skip("extension not loaded")
+    calls = _spy_on_select(monkeypatch)
     gpkernels.penalty(torch.randn(3, 4))
     assert calls == ["cpu"]
 
 
 def test_use_backend_context_and_explicit_argument(monkeypatch):
-    seen = []
-    real_select = backends.select
-    monkeypatch.setattr(gpkernels.functional.backends, "select", lambda *a: seen.append(real_select(*a)) or seen[-1])
+    seen = _spy_on_select(monkeypatch)
     g = torch.randn(3, 4)
     with gpkernels.use_backend("reference"):
         assert gpkernels.current_backend() == "reference"
@@ -38,7 +48,7 @@ def test_use_backend_context_and_explicit_argument(monkeypatch):
             gpkernels.penalty(g)
         gpkernels.penalty(g, backend="triton")
     assert gpkernels.current_backend() == "auto"
-    expected_auto = "cpu" if _ext.LOADED else "reference"
+    expected_auto = "cpu" if native.LOADED else "reference"
     assert seen == ["reference", expected_auto, "triton"]
     with pytest.raises(ValueError, match="unknown backend"):
         with gpkernels.use_backend("fast"):
@@ -46,8 +56,8 @@ def test_use_backend_context_and_explicit_argument(monkeypatch):
 
 
 def test_auto_fallback_warns_once_and_says_why(monkeypatch):
-    monkeypatch.setattr(_ext, "LOADED", False)
-    monkeypatch.setattr(_ext, "LOAD_ERROR", "ImportError: simulated")
+    monkeypatch.setattr(native, "LOADED", False)
+    monkeypatch.setattr(native, "LOAD_ERROR", "ImportError: simulated")
     monkeypatch.setattr(backends, "_warned", set())
     g = torch.randn(3, 4)
     with pytest.warns(RuntimeWarning, match="use the 'reference' backend because 'cpu' is unavailable .*simulated"):
@@ -64,7 +74,7 @@ def test_auto_fallback_warns_once_and_says_why(monkeypatch):
 def test_available_backends_and_report():
     names = gpkernels.available_backends("cpu")
     assert "reference" in names and "triton" in names  # the suite runs under TRITON_INTERPRET=1
-    assert ("cpu" in names) == _ext.LOADED
+    assert ("cpu" in names) == native.LOADED
     assert "cuda" not in names
     report = gpkernels.backend_report()
     assert set(report) == set(backends.NAMES)
@@ -102,13 +112,41 @@ def test_info_command_reports_every_backend():
     assert out.returncode == 0, out.stderr
     for word in ("torch", "triton", "extension", "reference", "cpu", "cuda"):
         assert word in out.stdout
-    if _ext.LOADED:
+    if native.LOADED:
         assert "extension      loaded" in out.stdout
 
 
 @pytest.mark.skipif(os.environ.get("GPKERNELS_EXPECT_CUDA_BUILD") != "1",
                     reason="set GPKERNELS_EXPECT_CUDA_BUILD=1 where the build must include the CUDA kernels")
 def test_the_build_compiled_the_cuda_kernels():
-    assert _ext.LOADED, _ext.LOAD_ERROR
-    assert _ext.WITH_CUDA, "nvcc and a CUDA torch are present but the extension has no CUDA kernels"
-    assert _ext.CUDA_ARCHS not in ("", "unknown"), "the build does not say which architectures it carries"
+    assert native.LOADED, native.LOAD_ERROR
+    assert native.WITH_CUDA, "nvcc and a CUDA torch are present but the extension has no CUDA kernels"
+    assert native.CUDA_ARCHS not in ("", "unknown"), "the build does not say which architectures it carries"
+
+
+def test_a_backend_is_one_registration(monkeypatch):
+    """A new backend is one Backend registered by its module: it becomes a valid name, takes part in auto's
+    order for the device types it ranks, and runs the public functions."""
+    calls = []
+
+    def penalty_terms(grads, target, one_sided, weight, inv_scale):
+        calls.append("penalty_terms")
+        return gpkernels.reference.penalty_terms(grads, target, one_sided, weight, inv_scale)
+
+    def interpolate(real, fake, alpha):
+        calls.append("interpolate")
+        return gpkernels.reference.interpolate(real, fake, alpha)
+
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    monkeypatch.setattr(backends, "NAMES", backends.NAMES)
+    backends.register(backends.Backend(name="spy", device_types=("cpu",), refusals=lambda device: [],
+                                       auto_rank={"cpu": -1}.get, interpolate=interpolate,
+                                       penalty_terms=penalty_terms))
+    assert "spy" in backends.NAMES and "spy" in gpkernels.available_backends("cpu")
+    g = torch.randn(3, 4)
+    torch.testing.assert_close(gpkernels.penalty(g, backend="spy"), gpkernels.penalty(g, backend="reference"))
+    assert backends.choose("cpu") == "spy"  # ranked first for CPU tensors
+    gpkernels.interpolate(g, g, backend="auto")
+    assert calls == ["penalty_terms", "interpolate"]
+    with pytest.raises(ValueError, match="the name 'spy' is taken"):
+        backends.register(backends.get("spy"))

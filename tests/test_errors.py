@@ -73,7 +73,7 @@ def test_explicit_backend_that_cannot_serve_the_input_raises_with_reasons():
 ])
 @pytest.mark.parametrize("namespace", ["gpkernels", "gpkernels_triton"])
 def test_ops_check_their_inputs_too(namespace, op, args, match):
-    if namespace == "gpkernels" and not gpkernels._ext.LOADED:
+    if namespace == "gpkernels" and not gpkernels.backends.native.LOADED:
         pytest.skip("extension not loaded")
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
         getattr(getattr(torch.ops, namespace), op)(*args)

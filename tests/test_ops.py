@@ -5,11 +5,13 @@ import pytest
 import torch
 
 import gpkernels
-from gpkernels import _ext
-from gpkernels.ops import NATIVE, TRITON
+from gpkernels.backends import native
+from gpkernels.backends import triton as triton_backend
+
+NATIVE, TRITON = native.NAMESPACE, triton_backend.NAMESPACE
 
 NAMESPACES = [
-    pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(not _ext.LOADED, reason="extension not loaded")),
+    pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(not native.LOADED, reason="extension not loaded")),
     pytest.param(TRITON, id="triton"),
 ]
 SCALAR_SETS = [(1.0, False, 10.0, 1.0), (1.0, True, 1.0, 0.5), (0.0, False, 2.0, 1.0)]
@@ -47,7 +49,7 @@ def test_opcheck(namespace, dtype, grad):
 
 
 @pytest.mark.parametrize("backend", [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _ext.LOADED, reason="extension not loaded")),
+    pytest.param("cpu", marks=pytest.mark.skipif(not native.LOADED, reason="extension not loaded")),
     "triton",
 ])
 def test_compile_fullgraph_first_order(backend):

@@ -1,32 +1,18 @@
-"""gpkernels/_triton_kernels.py against float64 torch references, on CPU tensors under the Triton interpreter.
-
-The @triton.jit decorator reads TRITON_INTERPRET when the module is executed, so the module is loaded from its
-file under a private name with the variable set for that moment only: its kernels are interpreted even if another
-test imported gpkernels (and triton) first, the variable does not leak into the rest of the session (on a GPU
-machine gpkernels' own Triton kernels stay compiled), and this test needs neither the compiled extension nor the
-rest of the package.
+"""The Triton backend's ops (torch.ops.gpkernels_triton.*, gpkernels/backends/triton/) on (B, N) rows against
+float64 torch references: every dtype, the option combinations, long rows that take several chunks, zero rows,
+determinism. They run on CPU tensors under the Triton interpreter (conftest switches it on where there is no
+GPU); on a GPU machine the same ops are covered on CUDA tensors by the backend-parametrised suites
+(test_penalty, test_interpolate), so this module skips there. Input checks: test_errors.
 """
-import os
-
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "gpkernels" / "_triton_kernels.py"
-_spec = importlib.util.spec_from_file_location("_gpk_triton_kernels_under_test", _PATH)
-K = importlib.util.module_from_spec(_spec)
-_previous = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    _spec.loader.exec_module(K)
-finally:
-    if _previous is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _previous
-assert K._INTERPRETED
+import gpkernels
+from gpkernels.backends.triton import _kernels as K
+
+OPS = torch.ops.gpkernels_triton
+pytestmark = pytest.mark.skipif(bool(gpkernels.backends.refusals("triton", "cpu")),
+                                reason="the Triton backend does not serve CPU tensors here (no interpreter)")
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # Tolerance for results stored in the rows' dtype, and for results in the accumulation dtype.
@@ -119,7 +105,7 @@ def test_interp(shape, dtype):
     a = alpha.double()[:, None]
     r, f = real.double(), fake.double()
 
-    out = K.interp(real, fake, alpha)
+    out = OPS.interp(real, fake, alpha)
     assert out.dtype == dtype and out.shape == (B, N)
     assert_close(out, a * r + (1 - a) * f, ROW_TOL[dtype], (a * r).abs() + ((1 - a) * f).abs(), "interp")
     if dtype != torch.float64:
@@ -131,7 +117,7 @@ def test_interp(shape, dtype):
 
     grad = torch.randn(B, N, generator=gen, dtype=torch.float64).to(dtype)
     gx = grad.double()
-    g_real, g_fake, g_alpha = K.interp_backward(grad, real, fake, alpha)
+    g_real, g_fake, g_alpha = OPS.interp_backward(grad, real, fake, alpha)
     assert g_real.dtype == g_fake.dtype == g_alpha.dtype == dtype
     assert g_alpha.shape == (B,)
     tol = ROW_TOL[dtype]
@@ -166,7 +152,7 @@ def test_penalty(case, dtype):
     # Forward.
     n_ref = s * g.norm(dim=1)
     d_ref = (n_ref - t).clamp(min=0.0) if o else n_ref - t
-    values, norms = K.penalty_forward(grads, t, o, w, s)
+    values, norms = OPS.penalty_forward(grads, t, o, w, s)
     assert values.dtype == norms.dtype == acc and values.shape == norms.shape == (B,)
     assert_close(norms, n_ref, acc_tol, 0.0, "norms")
     assert_close(values, w * d_ref * d_ref, acc_tol, w * (n_ref + t) ** 2, "values")
@@ -175,14 +161,14 @@ def test_penalty(case, dtype):
     c_ref, k_ref = ref_coefs(n_ref, t, o, w, s)
     c_scale = torch.full_like(n_ref, 2 * w * s * s) if t == 0 else \
         2 * w * s * (n_ref + t) * s / torch.where(n_ref > 0, n_ref, torch.ones_like(n_ref))
-    dgrads = K.penalty_backward(gout, grads, norms, t, o, w, s)
+    dgrads = OPS.penalty_backward(gout, grads, norms, t, o, w, s)
     assert dgrads.dtype == dtype and dgrads.shape == (B, N)
     assert_close(dgrads, (go * c_ref)[:, None] * g, row_tol, (go.abs() * c_scale)[:, None] * g.abs(), "dgrads")
 
     # Double backward.
     dot = (g * vv).sum(1)
     dot_scale = g.norm(dim=1) * vv.norm(dim=1)
-    d_gout, d_grads = K.penalty_double_backward(v, gout, grads, t, o, w, s)
+    d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, t, o, w, s)
     assert d_gout.dtype == acc and d_gout.shape == (B,)
     assert d_grads.dtype == dtype and d_grads.shape == (B, N)
     assert_close(d_gout, c_ref * dot, acc_tol, c_scale * dot_scale, "d_gout")
@@ -225,12 +211,12 @@ def test_zero_rows_all_options(dtype):
     v = torch.ones(B, N, dtype=dtype)
     gout = torch.ones(B, dtype=acc)
     for t, o, s in OPTIONS:
-        values, norms = K.penalty_forward(grads, t, o, WEIGHT, s)
+        values, norms = OPS.penalty_forward(grads, t, o, WEIGHT, s)
         assert torch.all(norms == 0)
         assert torch.all(values == (0.0 if o else WEIGHT * t * t))
-        dgrads = K.penalty_backward(gout, grads, norms, t, o, WEIGHT, s)
+        dgrads = OPS.penalty_backward(gout, grads, norms, t, o, WEIGHT, s)
         assert torch.all(dgrads == 0)
-        d_gout, d_grads = K.penalty_double_backward(v, gout, grads, t, o, WEIGHT, s)
+        d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, t, o, WEIGHT, s)
         assert torch.all(d_gout == 0)
         c = 2 * WEIGHT * s * s if t == 0 else 0.0
         assert torch.equal(d_grads, torch.full((B, N), c, dtype=torch.float64).to(dtype))
@@ -241,13 +227,13 @@ def test_one_sided_below_target():
     grads = make_rows(4, 64, torch.float32, 1.0, seed=4) * 0.3  # norms <= 0.54 < 1
     v = torch.randn(4, 64)
     gout = torch.ones(4)
-    values, norms = K.penalty_forward(grads, 1.0, True, WEIGHT, 1.0)
+    values, norms = OPS.penalty_forward(grads, 1.0, True, WEIGHT, 1.0)
     assert torch.all(norms < 1.0) and torch.all(values == 0)
-    assert torch.all(K.penalty_backward(gout, grads, norms, 1.0, True, WEIGHT, 1.0) == 0)
-    d_gout, d_grads = K.penalty_double_backward(v, gout, grads, 1.0, True, WEIGHT, 1.0)
+    assert torch.all(OPS.penalty_backward(gout, grads, norms, 1.0, True, WEIGHT, 1.0) == 0)
+    d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, 1.0, True, WEIGHT, 1.0)
     assert torch.all(d_gout == 0) and torch.all(d_grads == 0)
     # Two-sided, the same rows are penalised.
-    values2, _ = K.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
+    values2, _ = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
     assert torch.all(values2 > 0)
 
 
@@ -264,7 +250,7 @@ def test_long_rows_use_several_chunks():
 
 def test_gpu_plan(monkeypatch):
     """The GPU launch plan (pure Python): power-of-two blocks, full coverage, grid limits, many programs."""
-    monkeypatch.setattr(K, "_INTERPRETED", False)
+    monkeypatch.setattr(K, "INTERPRETED", False)
     monkeypatch.setattr(K, "_sm_count", lambda index: 132)
     dev = torch.device("cuda", 0)
     for B, N in [(1, 1), (1, 10**6), (64, 3 * 64 * 64), (1024, 784), (7, 2**33 + 5), (10**6, 3), (3, 0)]:
@@ -281,12 +267,12 @@ def test_gpu_plan(monkeypatch):
 def test_deterministic():
     grads = make_rows(*BIG, torch.float32, 1.0, seed=5)
     v = torch.randn(*BIG)
-    a = K.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
-    b = K.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
+    a = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
+    b = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     gout = torch.ones(BIG[0])
-    a = K.penalty_double_backward(v, gout, grads, 1.0, False, WEIGHT, 1.0)
-    b = K.penalty_double_backward(v, gout, grads, 1.0, False, WEIGHT, 1.0)
+    a = OPS.penalty_double_backward(v, gout, grads, 1.0, False, WEIGHT, 1.0)
+    b = OPS.penalty_double_backward(v, gout, grads, 1.0, False, WEIGHT, 1.0)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -294,50 +280,10 @@ def test_fp32_scalars_are_rounded_like_the_cpp_kernels():
     """The scalars reach the kernel converted to the acc dtype (float for fp32 rows), as in PenaltyScalars."""
     grads = torch.zeros(1, 3)
     t = 1.0 + 2.0**-30  # not representable in fp32: rounds to 1.0f
-    values, _ = K.penalty_forward(grads, t, False, 1.0, 1.0)
+    values, _ = OPS.penalty_forward(grads, t, False, 1.0, 1.0)
     assert values.item() == 1.0
-    values64, _ = K.penalty_forward(grads.double(), t, False, 1.0, 1.0)
+    values64, _ = OPS.penalty_forward(grads.double(), t, False, 1.0, 1.0)
     assert values64.item() == t * t
-
-
-def test_validation():
-    x = torch.randn(3, 4)
-    a = torch.rand(3)
-    with pytest.raises(ValueError, match="2-D"):
-        K.interp(x[0], x[0], a)
-    with pytest.raises(ValueError, match="shape"):
-        K.interp(x, torch.randn(3, 5), a)
-    with pytest.raises(ValueError, match="dtype"):
-        K.interp(x, x.double(), a)
-    with pytest.raises(ValueError, match="dtype"):
-        K.interp(x.to(torch.int32), x.to(torch.int32), a)
-    with pytest.raises(ValueError, match="contiguous"):
-        K.interp(x, torch.randn(4, 3).t(), a)
-    with pytest.raises(ValueError, match="at least one row"):
-        K.interp(x[:0], x[:0], a[:0])
-    with pytest.raises(ValueError, match=r"alpha must have shape \(3,\)"):
-        K.interp(x, x, torch.rand(4))
-    with pytest.raises(ValueError, match="alpha has dtype"):
-        K.interp(x.half(), x.half(), a)
-    with pytest.raises(ValueError, match="alpha has dtype"):
-        K.interp_backward(x, x, x, a.double())
-    with pytest.raises(ValueError, match="target must be >= 0"):
-        K.penalty_forward(x, -1.0, False, 1.0, 1.0)
-    with pytest.raises(ValueError, match="inv_scale must be > 0"):
-        K.penalty_forward(x, 1.0, False, 1.0, 0.0)
-    with pytest.raises(ValueError, match="weight must be finite"):
-        K.penalty_forward(x, 1.0, False, float("nan"), 1.0)
-    with pytest.raises(ValueError, match="real number"):
-        K.penalty_forward(x, torch.tensor(1.0), False, 1.0, 1.0)
-    norms = torch.ones(3)
-    with pytest.raises(ValueError, match="gout has dtype"):
-        K.penalty_backward(torch.ones(3, dtype=torch.float16), x.half(), norms, 1.0, False, 1.0, 1.0)
-    with pytest.raises(ValueError, match="norms must have shape"):
-        K.penalty_backward(torch.ones(3), x, torch.ones(2), 1.0, False, 1.0, 1.0)
-    with pytest.raises(ValueError, match="gout must be contiguous"):
-        K.penalty_double_backward(x, torch.ones(3, 2)[:, 0], x, 1.0, False, 1.0, 1.0)
-    with pytest.raises(ValueError, match="shape"):
-        K.penalty_double_backward(torch.randn(3, 5), torch.ones(3), x, 1.0, False, 1.0, 1.0)
 
 
 def test_bf16_rounding_under_the_interpreter():

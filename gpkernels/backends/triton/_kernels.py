@@ -1,10 +1,11 @@
-"""Triton kernels of gpkernels: plain functions, no autograd (``gpkernels`` wraps them as ops).
+"""The Triton backend's kernels and their launchers, shared by its ops (interp.py, penalty.py hold each
+op's launch sequence, registration and autograd). Nothing here checks its inputs: the ops do, once.
 
-Every function works on 2-D contiguous "row" tensors of shape (B, N) (sample i = row i, N >= 0) in
+Every launcher works on 2-D contiguous "row" tensors of shape (B, N) (sample i = row i, N >= 0) in
 float64 / float32 / float16 / bfloat16, and on 1-D per-sample tensors of length B. Arithmetic runs in the
 accumulation dtype: float32 for float32/float16/bfloat16 rows, float64 for float64 rows.
 
-The math (one sample i, g_i its gradient row; see csrc/common/penalty_math.h and DESIGN.md):
+The math (one sample i, g_i its gradient row; the same as csrc/common/penalty_math.h):
     s = inv_scale, t = target >= 0, w = weight >= 0
     n_i = s * ||g_i||
     d_i = n_i - t                                   (one-sided: max(0, n_i - t))
@@ -20,7 +21,7 @@ The math (one sample i, g_i its gradient row; see csrc/common/penalty_math.h and
   Interpolation x = a_i real + (1 - a_i) fake:
     dx/dreal = a_i, dx/dfake = 1 - a_i, dL/da_i = <real_i - fake_i, gx_i>
 
-Kernels (all reused across the public functions):
+Kernels (all shared by the ops):
   * ``_row_reduce_kernel``: 2-D grid (row, chunk); each program reduces one chunk of one row into fp32/fp64
     partials [NPARTS, B, nchunks] (sum of squares, dot product, or <real - fake, grad>), loading each input
     element once; for interp_backward it also writes alpha*grad and (1-alpha)*grad in the same pass.
@@ -41,24 +42,16 @@ not bitwise those of the C++ CPU kernels; the interpreter rounds every operation
 Triton interpreter note (TRITON_INTERPRET=1, triton 3.8): its float32 -> bfloat16 cast truncates toward
 zero instead of rounding to nearest-even (``interpreter.py``: ``cast_impl`` calls ``_convert_float`` with
 rounding_mode=None for ``create_fp_trunc``), so under the interpreter the bf16 stores here round with an
-explicit bit-level round-to-nearest-even (``_EMULATE_BF16_RNE``); compiled kernels use the native cast.
+explicit bit-level round-to-nearest-even (EMULATE_BF16_RNE, set to INTERPRETED); compiled kernels use the native cast.
 (Its float64 -> bfloat16 cast is wrong outright: ``astype(uint16)`` of the values. No kernel here does it.)
 """
 import functools
-import math
-import numbers
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = [
-    "interp",
-    "interp_backward",
-    "penalty_forward",
-    "penalty_backward",
-    "penalty_double_backward",
-]
+from ...reference import accum_dtype
 
 # ----------------------------------------------------------------------------------------------------------
 # Per-row math, mirroring csrc/common/penalty_math.h. Every argument is a per-row vector (or a scalar) in the
@@ -148,9 +141,9 @@ def _cast_out(x, DTYPE: tl.constexpr, EMULATE_BF16_RNE: tl.constexpr):
 # Kernels
 # ----------------------------------------------------------------------------------------------------------
 
-_RED_SUMSQ = 0  # part 0 = sum g^2                                   (penalty_forward)
-_RED_SUMSQ_DOT = 1  # part 0 = sum g^2, part 1 = sum g*v             (penalty_double_backward)
-_RED_INTERP = 2  # part 0 = sum (real - fake)*grad, + alpha-scaled grads (interp_backward)
+RED_SUMSQ = 0  # part 0 = sum g^2                                   (penalty_forward)
+RED_SUMSQ_DOT = 1  # part 0 = sum g^2, part 1 = sum g*v             (penalty_double_backward)
+RED_INTERP = 2  # part 0 = sum (real - fake)*grad, + alpha-scaled grads (interp_backward)
 
 
 @triton.jit
@@ -166,7 +159,7 @@ def _row_reduce_kernel(
     CHUNK,  # elements per (row, chunk) program, a multiple of BLOCK
     nchunks,  # chunks per row (grid axis 1)
     part_stride,  # B * nchunks: distance between the partial planes
-    MODE: tl.constexpr,  # _RED_SUMSQ, _RED_SUMSQ_DOT or _RED_INTERP
+    MODE: tl.constexpr,  # RED_SUMSQ, RED_SUMSQ_DOT or RED_INTERP
     ACC: tl.constexpr,  # accumulation dtype, tl.float32 or tl.float64
     BLOCK: tl.constexpr,  # elements per vector step, a power of two
     EMULATE_BF16_RNE: tl.constexpr,  # round bf16 stores in software (interpreter only)
@@ -206,10 +199,10 @@ def _row_reduce_kernel(
         tl.store(part_ptr + part_stride + pidx, tl.sum(acc1, axis=0))
 
 
-_FIN_FORWARD = 0  # norms_i, values_i from sum g^2
-_FIN_BACKWARD = 1  # a_i = gout_i * c(norms_i), no partials
-_FIN_DOUBLE = 2  # a_i = gout_i c_i, b_i = gout_i k_i dot_i, d_gout_i = c_i dot_i from sum g^2 and <g, v>
-_FIN_ALPHA = 3  # g_alpha_i = sum of the partials, in the rows' dtype
+FIN_FORWARD = 0  # norms_i, values_i from sum g^2
+FIN_BACKWARD = 1  # a_i = gout_i * c(norms_i), no partials
+FIN_DOUBLE = 2  # a_i = gout_i c_i, b_i = gout_i k_i dot_i, d_gout_i = c_i dot_i from sum g^2 and <g, v>
+FIN_ALPHA = 3  # g_alpha_i = sum of the partials, in the rows' dtype
 
 
 @triton.jit
@@ -226,7 +219,7 @@ def _rows_finalize_kernel(
     B,  # rows
     nchunks,  # partials per row (0 when N == 0: the sums are 0)
     part_stride,  # B * nchunks: distance between the partial planes
-    MODE: tl.constexpr,  # _FIN_FORWARD, _FIN_BACKWARD, _FIN_DOUBLE or _FIN_ALPHA
+    MODE: tl.constexpr,  # FIN_FORWARD, FIN_BACKWARD, FIN_DOUBLE or FIN_ALPHA
     ONE_SIDED: tl.constexpr,  # one-sided penalty: d_i = max(0, n_i - t)
     ACC: tl.constexpr,  # accumulation dtype, tl.float32 or tl.float64
     BLOCK_R: tl.constexpr,  # rows per program, a power of two
@@ -311,14 +304,12 @@ def _rows_axpby_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Host side: validation, launch planning, launches
+# Host side: launch planning and launches
 # ----------------------------------------------------------------------------------------------------------
 
 # True when TRITON_INTERPRET=1 was set before this module was imported: the kernels are then Python.
-_INTERPRETED = type(_rows_axpby_kernel).__name__ == "InterpretedFunction"
-_EMULATE_BF16_RNE = _INTERPRETED
+INTERPRETED = type(_rows_axpby_kernel).__name__ == "InterpretedFunction"
 
-_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _MIN_BLOCK = 64
 # GPU: 1024-element vector steps (num_warps 4: 8 elements per thread), and enough (row, chunk) programs to
 # fill the SMs when B is small, each still streaming at least _GPU_MIN_CHUNK_BLOCKS blocks.
@@ -334,11 +325,7 @@ _INTERP_MIN_CHUNK_BLOCKS = 2
 _FIN_MAX_BLOCK_R = 256
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_acc(dtype: torch.dtype):
+def tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
@@ -353,7 +340,7 @@ def _sm_count(index: int) -> int:
 
 def _plan(B: int, N: int, device: torch.device):
     """(BLOCK, CHUNK, nchunks, num_warps) for the (row, chunk) kernels; nchunks == 0 when N == 0."""
-    on_gpu = device.type != "cpu" and not _INTERPRETED
+    on_gpu = device.type != "cpu" and not INTERPRETED
     max_block = _GPU_MAX_BLOCK if on_gpu else _INTERP_MAX_BLOCK
     block = min(max_block, max(_MIN_BLOCK, _next_pow2(N)))
     num_warps = max(1, min(4, block // 256))
@@ -377,69 +364,8 @@ def _fin_grid(B: int):
     return block_r, (triton.cdiv(B, block_r),)
 
 
-def _check_rows(fn: str, **rows: torch.Tensor):
-    """Row tensors: 2-D, contiguous, same shape/dtype/device, supported float dtype, B >= 1."""
-    first_name, first = next(iter(rows.items()))
-    for name, t in rows.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"{fn}: {name} must be 2-D (B, N), got shape {tuple(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise ValueError(f"{fn}: {name} has dtype {t.dtype}; expected float64, float32, float16 or bfloat16")
-        if t.shape != first.shape:
-            raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}")
-        if t.dtype != first.dtype:
-            raise ValueError(f"{fn}: {name} has dtype {t.dtype} but {first_name} has {first.dtype}")
-        if t.device != first.device:
-            raise ValueError(f"{fn}: {name} is on {t.device} but {first_name} is on {first.device}")
-        if not t.is_contiguous():
-            raise ValueError(f"{fn}: {name} must be contiguous (row-major (B, N))")
-    if first.shape[0] < 1:
-        raise ValueError(f"{fn}: B = {first.shape[0]}; need at least one row")
-    if first.device.type == "cpu" and not _INTERPRETED:
-        raise ValueError(f"{fn}: CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1 before "
-                         f"importing triton); otherwise pass GPU tensors")
-    return first
-
-
-def _check_vec(fn: str, name: str, t: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype):
-    """Per-sample tensors: 1-D, contiguous, length B, given dtype, rows' device."""
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    B = ref.shape[0]
-    if t.dim() != 1 or t.shape[0] != B:
-        raise ValueError(f"{fn}: {name} must have shape ({B},), got {tuple(t.shape)}")
-    if t.dtype != dtype:
-        raise ValueError(f"{fn}: {name} has dtype {t.dtype}; expected {dtype} for {ref.dtype} rows")
-    if t.device != ref.device:
-        raise ValueError(f"{fn}: {name} is on {t.device} but the rows are on {ref.device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{fn}: {name} must be contiguous")
-
-
-def _params(fn: str, target, one_sided, weight, inv_scale):
-    """Validate the penalty scalars; return (t, w, s) as Python floats (fp64 kernel arguments) and one_sided."""
-    vals = {}
-    for name, v in (("target", target), ("weight", weight), ("inv_scale", inv_scale)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise ValueError(f"{fn}: {name} must be a real number, got {type(v).__name__}")
-        v = float(v)
-        if not math.isfinite(v):
-            raise ValueError(f"{fn}: {name} must be finite, got {v}")
-        vals[name] = v
-    if vals["target"] < 0:
-        raise ValueError(f"{fn}: target must be >= 0, got {vals['target']}")
-    if vals["weight"] < 0:
-        raise ValueError(f"{fn}: weight must be >= 0, got {vals['weight']}")
-    if not vals["inv_scale"] > 0:
-        raise ValueError(f"{fn}: inv_scale must be > 0, got {vals['inv_scale']}")
-    if not isinstance(one_sided, (bool, int)):
-        raise ValueError(f"{fn}: one_sided must be a bool, got {type(one_sided).__name__}")
-    return (vals["target"], vals["weight"], vals["inv_scale"]), bool(one_sided)
-
-
-def _launch_axpby(x, a, out, y=None, b=None, b_is_one_minus_a=False):
+def launch_axpby(x, a, out, y=None, b=None, b_is_one_minus_a=False):
+    """out = a_i x + b_i y (rows (B, N); y, b optional; b = 1 - a with b_is_one_minus_a)."""
     B, N = x.shape
     block, chunk, nchunks, num_warps = _plan(B, N, x.device)
     if nchunks == 0:
@@ -447,27 +373,28 @@ def _launch_axpby(x, a, out, y=None, b=None, b_is_one_minus_a=False):
     has_y = y is not None
     _rows_axpby_kernel[(B, nchunks)](
         x, y if has_y else x, a, b if b is not None else a, out, N, chunk,
-        HAS_Y=has_y, B_IS_ONE_MINUS_A=b_is_one_minus_a, ACC=_tl_acc(x.dtype), BLOCK=block,
-        EMULATE_BF16_RNE=_EMULATE_BF16_RNE, num_warps=num_warps)
+        HAS_Y=has_y, B_IS_ONE_MINUS_A=b_is_one_minus_a, ACC=tl_acc(x.dtype), BLOCK=block,
+        EMULATE_BF16_RNE=INTERPRETED, num_warps=num_warps)
 
 
-def _launch_reduce(mode, nparts, x, y=None, z=None, alpha=None, out_y=None, out_z=None):
+def launch_reduce(mode, nparts, x, y=None, z=None, alpha=None, out_y=None, out_z=None):
     """Run _row_reduce_kernel; return (partials [nparts, B, nchunks], nchunks)."""
     B, N = x.shape
     block, chunk, nchunks, num_warps = _plan(B, N, x.device)
-    part = torch.empty((nparts, B, max(nchunks, 1)), dtype=_acc_dtype(x.dtype), device=x.device)
+    part = torch.empty((nparts, B, max(nchunks, 1)), dtype=accum_dtype(x.dtype), device=x.device)
     if nchunks > 0:
         _row_reduce_kernel[(B, nchunks)](
             x, y if y is not None else x, z if z is not None else x, alpha if alpha is not None else x,
             out_y if out_y is not None else x, out_z if out_z is not None else x,
             part, N, chunk, nchunks, B * nchunks,
-            MODE=mode, ACC=_tl_acc(x.dtype), BLOCK=block, EMULATE_BF16_RNE=_EMULATE_BF16_RNE,
+            MODE=mode, ACC=tl_acc(x.dtype), BLOCK=block, EMULATE_BF16_RNE=INTERPRETED,
             num_warps=num_warps)
     return part, nchunks
 
 
-def _launch_finalize(mode, B, part, nchunks, params, one_sided, acc, norms=None, gout=None, out0=None, out1=None,
-                     out2=None):
+def launch_finalize(mode, B, part, nchunks, params, one_sided, acc, norms=None, gout=None, out0=None, out1=None,
+                    out2=None):
+    """Run _rows_finalize_kernel over B rows (params: (target, weight, inv_scale) or None; acc: tl dtype)."""
     block_r, grid = _fin_grid(B)
     dummy = part
     t, w, s = params if params is not None else (0.0, 0.0, 1.0)
@@ -475,100 +402,5 @@ def _launch_finalize(mode, B, part, nchunks, params, one_sided, acc, norms=None,
         part, t, w, s, norms if norms is not None else dummy,
         gout if gout is not None else dummy, out0, out1 if out1 is not None else dummy,
         out2 if out2 is not None else dummy, B, nchunks, B * max(nchunks, 1),
-        MODE=mode, ONE_SIDED=one_sided, ACC=acc, BLOCK_R=block_r, EMULATE_BF16_RNE=_EMULATE_BF16_RNE,
+        MODE=mode, ONE_SIDED=one_sided, ACC=acc, BLOCK_R=block_r, EMULATE_BF16_RNE=INTERPRETED,
         num_warps=4)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Public functions
-# ----------------------------------------------------------------------------------------------------------
-
-
-def interp(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """out_i = alpha_i * real_i + (1 - alpha_i) * fake_i, computed in the acc dtype, stored in the rows' dtype.
-
-    real, fake: (B, N) rows; alpha: (B,) in the rows' dtype.
-    """
-    _check_rows("interp", real=real, fake=fake)
-    _check_vec("interp", "alpha", alpha, real, real.dtype)
-    out = torch.empty_like(real)
-    _launch_axpby(real, alpha, out, y=fake, b_is_one_minus_a=True)
-    return out
-
-
-def interp_backward(grad: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor):
-    """(g_real, g_fake, g_alpha) of interp for an incoming grad, in one pass over the rows.
-
-    g_real = alpha_i * grad_i, g_fake = (1 - alpha_i) * grad_i (rows' dtype, (B, N));
-    g_alpha_i = <real_i - fake_i, grad_i> summed in the acc dtype, returned in the rows' dtype, (B,).
-    """
-    _check_rows("interp_backward", grad=grad, real=real, fake=fake)
-    _check_vec("interp_backward", "alpha", alpha, grad, grad.dtype)
-    B = grad.shape[0]
-    g_real = torch.empty_like(grad)
-    g_fake = torch.empty_like(grad)
-    g_alpha = torch.empty((B,), dtype=grad.dtype, device=grad.device)
-    part, nchunks = _launch_reduce(_RED_INTERP, 1, grad, y=real, z=fake, alpha=alpha, out_y=g_real, out_z=g_fake)
-    _launch_finalize(_FIN_ALPHA, B, part, nchunks, None, False, _tl_acc(grad.dtype), out0=g_alpha)
-    return g_real, g_fake, g_alpha
-
-
-def penalty_forward(grads: torch.Tensor, target: float, one_sided: bool, weight: float, inv_scale: float):
-    """(values, norms), both (B,) in the acc dtype: norms_i = s ||g_i||, values_i = w d_i^2."""
-    fn = "penalty_forward"
-    _check_rows(fn, grads=grads)
-    params, one_sided = _params(fn, target, one_sided, weight, inv_scale)
-    B = grads.shape[0]
-    acc = _acc_dtype(grads.dtype)
-    values = torch.empty((B,), dtype=acc, device=grads.device)
-    norms = torch.empty((B,), dtype=acc, device=grads.device)
-    part, nchunks = _launch_reduce(_RED_SUMSQ, 1, grads)
-    _launch_finalize(_FIN_FORWARD, B, part, nchunks, params, one_sided, _tl_acc(grads.dtype), norms=norms,
-                     out0=values)
-    return values, norms
-
-
-def penalty_backward(gout: torch.Tensor, grads: torch.Tensor, norms: torch.Tensor, target: float, one_sided: bool,
-                     weight: float, inv_scale: float) -> torch.Tensor:
-    """dgrads_i = gout_i * c_i * g_i with c_i = row_grad_coef(norms_i); rows' dtype.
-
-    gout, norms: (B,) in the acc dtype (norms as returned by penalty_forward).
-    """
-    fn = "penalty_backward"
-    _check_rows(fn, grads=grads)
-    acc = _acc_dtype(grads.dtype)
-    _check_vec(fn, "gout", gout, grads, acc)
-    _check_vec(fn, "norms", norms, grads, acc)
-    params, one_sided = _params(fn, target, one_sided, weight, inv_scale)
-    B = grads.shape[0]
-    coef = torch.empty((B,), dtype=acc, device=grads.device)
-    _launch_finalize(_FIN_BACKWARD, B, coef, 0, params, one_sided, _tl_acc(grads.dtype), norms=norms, gout=gout,
-                     out0=coef)
-    dgrads = torch.empty_like(grads)
-    _launch_axpby(grads, coef, dgrads)
-    return dgrads
-
-
-def penalty_double_backward(v: torch.Tensor, gout: torch.Tensor, grads: torch.Tensor, target: float,
-                            one_sided: bool, weight: float, inv_scale: float):
-    """(d_gout, d_grads) of penalty_backward against an incoming v (shape of grads).
-
-    dot_i = <g_i, v_i> and n_i = s ||g_i|| in one pass; d_gout_i = c_i dot_i ((B,), acc dtype);
-    d_grads_i = gout_i (c_i v_i + k_i dot_i g_i), computed as a_i v_i + b_i g_i with a_i = gout_i c_i and
-    b_i = gout_i k_i dot_i (rows' dtype).
-    """
-    fn = "penalty_double_backward"
-    _check_rows(fn, v=v, grads=grads)
-    acc = _acc_dtype(grads.dtype)
-    _check_vec(fn, "gout", gout, grads, acc)
-    params, one_sided = _params(fn, target, one_sided, weight, inv_scale)
-    B = grads.shape[0]
-    part, nchunks = _launch_reduce(_RED_SUMSQ_DOT, 2, grads, y=v)
-    coef_v = torch.empty((B,), dtype=acc, device=grads.device)  # a_i = gout_i c_i
-    coef_g = torch.empty((B,), dtype=acc, device=grads.device)  # b_i = gout_i k_i dot_i
-    d_gout = torch.empty((B,), dtype=acc, device=grads.device)  # c_i dot_i
-    _launch_finalize(_FIN_DOUBLE, B, part, nchunks, params, one_sided, _tl_acc(grads.dtype), gout=gout,
-                     out0=coef_v, out1=coef_g, out2=d_gout)
-    d_grads = torch.empty_like(grads)
-    _launch_axpby(v, coef_v, d_grads, y=grads, b=coef_g)
-    return d_gout, d_grads
