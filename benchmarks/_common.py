@@ -1,4 +1,5 @@
-"""Pieces shared by the benchmark scripts: timing, robust statistics, and the environment a result came from.
+"""Pieces shared by the benchmark scripts: timing, robust statistics, the environment a result came from,
+the correctness checks' error measures, and the report files.
 
 Not a package module: the scripts run as `python benchmarks/<script>.py`, which puts this folder on
 sys.path, and import it as `_common`.
@@ -155,6 +156,20 @@ def environment_lines(device, threads=None):
     ]
 
 
+def output_dir(out, device, threads):
+    """`out` (--out) if given, else benchmarks/results/<machine>/ for `device` and the thread counts `threads`
+    (a list: "-".join of them names the folder, e.g. cpu-amd-epyc-1-2t); created if missing."""
+    out = out or os.path.join(REPO, "benchmarks", "results", machine_name(device, "-".join(map(str, threads))))
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def command_line(script, argv):
+    """The command a report names: `python benchmarks/<script>.py` and the arguments (sys.argv's when argv
+    is None, as for a script run)."""
+    return f"python benchmarks/{script}.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
 def write_csv(path, rows):
     """rows (dicts with the same keys) as CSV, floats to 6 significant digits."""
     with open(path, "w", newline="") as f:
@@ -162,6 +177,50 @@ def write_csv(path, rows):
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+# ----------------------------------------------------------------------------------------------- checking
+# Two relative errors with two meanings, both kept: bench_penalty, bench_step and bench_conv_weight_grad judge
+# (and bench_conv_weight_grad reports) the elementwise-worst one, bench_head's tolerances are normwise.
+
+def maxabs_rel_err(got, want):
+    """max |got - want| / max |want|, in float64: the largest elementwise error relative to the largest
+    entry of `want` (0/0 guarded by a 1e-30 floor)."""
+    got, want = got.detach().double(), want.detach().double()
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def normwise_rel_err(got, want):
+    """||got - want|| / ||want|| (2-norms over all elements), in float64: an error averaged over the tensor,
+    which tolerates a few large elementwise errors in low precision (0/0 guarded by a 1e-300 floor)."""
+    got, want = got.detach().double(), want.detach().double()
+    return (torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want).clamp_min(1e-300)).item()
+
+
+def loss_and_grads(module, loss_fn):
+    """(loss, {name: grad}) of `module`'s parameters after loss_fn().backward(), without stepping: a missing
+    .grad counts as zeros; the .grad fields are left unset before and after."""
+    module.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    grads = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in module.named_parameters()}
+    module.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def worst_error(got, want, scale=1.0):
+    """(what, maxabs_rel_err) where the (loss, {name: grad}) pair `got` differs most from `scale` times `want`
+    ("loss" or "grad of <name>"); a NaN error sorts last, so that it is the one reported."""
+    errs = [("loss", maxabs_rel_err(got[0], want[0] * scale))] + [
+        (f"grad of {n}", maxabs_rel_err(got[1][n], want[1][n] * scale)) for n in want[1]]
+    return max(errs, key=lambda t: float("inf") if t[1] != t[1] else t[1])
+
+
+def first_line(exc, limit=300):
+    """`ExceptionType: first line of the message` (the type alone for an empty message), cut to `limit`
+    characters, for a note in a report."""
+    text = str(exc).strip().splitlines()
+    return (type(exc).__name__ + (": " + text[0] if text else ""))[:limit]
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -234,26 +293,8 @@ def timing_bars(ax, rs, label_key, colours, ylabel, title):
     ax.set_ylabel(ylabel)
 
 
-def rel_err(got, want):
-    """max |got - want| / max |want|, in float64."""
-    got, want = got.detach().double(), want.detach().double()
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
 VERDICT_LEGEND = ("Verdicts (\"not slower\": ratio >= 1; \"within noise\": ratio < 1 but the interquartile ranges "
                   "overlap; else SLOWER):")
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (files only: no display on a benchmark machine), or None when
-    matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def verdict(rows, provider, baseline):

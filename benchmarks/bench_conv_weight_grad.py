@@ -11,7 +11,7 @@ Timed per layer shape of the benchmark critics (DCGAN 32/64, the ResNet's stem a
     forward       conv(x, W): the unit
     autograd      aten._convolution_double_backward(V, None, None, g, W, x, ..., mask [F, F, T]) -> dW
     gpkernels     aten.convolution_backward(g, V, W, ..., mask [F, T, F]) -> dW
-Both results are checked against each other (relative error <= 1e-4) before timing; medians of --repeats
+Both results are checked against each other (max |a - b| / max |b| <= 1e-4) before timing; medians of --repeats
 round-robin samples (each >= --min-sample-ms).
 
 Usage (from the repository root):
@@ -27,8 +27,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
-from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
-                     rel_err, write_csv)
+from _common import (Timer, environment_lines, maxabs_rel_err, measure, output_dir, quartiles,  # noqa: E402
+                     write_csv)
 
 # (critic, layer, B, C_in, C_out, H (square input), kernel, stride, padding)
 LAYERS = [
@@ -71,7 +71,7 @@ def main(argv=None):
     rows = []
     for critic, layer, *shape in LAYERS:
         fns = calls(*shape)
-        err = rel_err(fns["gpkernels"](), fns["autograd"]())
+        err = maxabs_rel_err(fns["gpkernels"](), fns["autograd"]())
         if not err <= 1e-4:
             sys.exit(f"bench_conv_weight_grad: {critic} {layer}: the two weight gradients differ by {err:.3g}")
         samples = measure(fns, timer, args.repeats, args.min_sample_ms / 1e3, 2)
@@ -84,8 +84,7 @@ def main(argv=None):
                      "speedup": med["autograd"] / med["gpkernels"], "rel_err": err})
         print(f"{critic} {layer}: forward {med['forward']:.3g} ms, autograd dW {med['autograd']:.3g} ms, "
               f"gpkernels dW {med['gpkernels']:.3g} ms (x{rows[-1]['speedup']:.2f})", file=sys.stderr)
-    out = args.out or os.path.join(REPO, "benchmarks", "results", machine_name(device, str(args.threads)))
-    os.makedirs(out, exist_ok=True)
+    out = output_dir(args.out, device, [args.threads])
     write_csv(os.path.join(out, "bench_conv_weight_grad.csv"), rows)
     head = "| critic | layer | shape | forward ms | autograd dW ms | gpkernels dW ms | autograd / gpkernels |"
     lines = ["# The weight gradient of a convolution's double backward (bench_conv_weight_grad.py)", "",

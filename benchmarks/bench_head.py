@@ -69,16 +69,16 @@ used because torch.profiler's events() folds an allocation made inside an op int
 checks the method on the clone of 1e6 fp32 (expect 4.000 MB) and reports "n/a" if it disagrees by > 1%.
 
 Method: before timing a configuration, every provider's x_hat, loss, dg (and d2) are checked against float64
-math on the same inputs with the same alpha: relative error ||got - want|| / ||want|| at most 1e-5 for fp32,
-2e-2 for bf16 (bf16 keeps 8 significant bits and the eager bf16 loss goes through (||g|| - 1)^2 in bf16;
-the largest error in a trial over B in {64, 1024}, N in {2, 784, 12288, 49152} was 7e-3, popular's d2); the
-script aborts on a mismatch. That check call, --warmup
+math on the same inputs with the same alpha (gpkernels.reference's interpolate and penalty_terms): relative
+error ||got - want|| / ||want|| at most 1e-5 for fp32, 2e-2 for bf16 (bf16 keeps 8 significant bits and the
+eager bf16 loss goes through (||g|| - 1)^2 in bf16; the largest error in a trial over B in {64, 1024}, N in
+{2, 784, 12288, 49152} was 7e-3, popular's d2); the script aborts on a mismatch. That check call, --warmup
 further calls and one calibration call (three when a call is shorter than a sample) warm each provider up
 untimed; the calibration sets an inner loop count so that one timed sample takes at least --min-sample-ms;
-samples are taken round-robin over the providers (rotating the order each round) so that background load
-hits all of them alike; the median and interquartile range of the per-call time over --repeats samples are
-reported. CPU timing uses time.perf_counter with
-torch.set_num_threads(T) for each T of --threads; CUDA timing uses torch.cuda.Event with synchronisation.
+samples are taken round-robin over the providers (rotating the order each round) so that background load hits
+all of them alike; the median and interquartile range of the per-call time over --repeats samples are
+reported. CPU timing uses time.perf_counter with torch.set_num_threads(T) for each T of --threads; CUDA timing
+uses torch.cuda.Event with synchronisation.
 
 Full mode (no --quick) covers, to finish in about 15 minutes on a 2-core CPU (see FULL_COVERAGE_TEXT):
     1 thread:   B in {64, 256, 1024} x N in {2, 784, 3072, 12288, 49152}, fp32 and bf16, both passes,
@@ -131,10 +131,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_head.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import (REPO, Timer, environment_lines, machine_name, measure_long, median_iqr,  # noqa: E402
-                     peak_extra_bytes, peak_method_check, pyplot, write_csv, write_report)
+from _common import (Timer, command_line, environment_lines, first_line, measure_long,  # noqa: E402
+                     median_iqr, normwise_rel_err, output_dir, peak_extra_bytes, peak_method_check, write_csv,
+                     write_report)
 
 import gpkernels  # noqa: E402
+from gpkernels import reference  # noqa: E402
+from gpkernels.trainer.plots import pyplot  # noqa: E402
 
 WEIGHT = 10.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -164,6 +167,8 @@ def full_mode_covers(threads, dtype):
 # ----------------------------------------------------------------------------------------------- providers
 # Each forward takes (real, fake, g, alpha) and returns (x_hat, loss); alpha=None draws a fresh U[0, 1)
 # weight per sample, as a training step does (the draw is part of the timed work for all of them).
+# popular and best are copies of the penalty on purpose: what they time is the head alone on a given g, each
+# written its own way, not gpkernels.reference's whole penalty through a critic.
 
 def popular_forward(real, fake, g, alpha=None):
     """The formula found in the popular WGAN-GP repositories."""
@@ -256,22 +261,17 @@ class CompileFailure(Exception):
     """torch.compile (dynamo, AOTAutograd or inductor) failed for the compiled provider."""
 
 
-def reference(real, fake, g, v, alpha):
-    """float64 (x_hat, loss, dg[, d2]) from the same inputs and alpha, by plain autograd."""
-    a = alpha.double().view(-1, 1)
-    x_hat = a * real.double() + (1 - a) * fake.double()
+def float64_head(real, fake, g, v, alpha):
+    """float64 (x_hat, loss, dg[, d2]) from the same inputs and alpha, by plain autograd on
+    gpkernels.reference's interpolation and per-sample penalty terms."""
+    x_hat = reference.interpolate(real.double(), fake.double(), alpha.double())
     g64 = g.detach().double().requires_grad_()
-    loss = WEIGHT * ((torch.linalg.vector_norm(g64, dim=1) - 1) ** 2).mean()
+    loss = reference.penalty_terms(g64, 1.0, False, WEIGHT, 1.0)[0].mean()
     (dg,) = torch.autograd.grad(loss, g64, create_graph=v is not None)
     if v is None:
         return x_hat, loss, dg
     (d2,) = torch.autograd.grad(dg, g64, grad_outputs=v.double())
     return x_hat, loss.detach(), dg.detach(), d2
-
-
-def rel_err(got, want):
-    got, want = got.detach().double(), want.detach().double()
-    return (torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want).clamp_min(1e-300)).item()
 
 
 def check(where, name, head, real, fake, g, want, alpha, rtol, compiled=False):
@@ -289,7 +289,7 @@ def check(where, name, head, real, fake, g, want, alpha, rtol, compiled=False):
         raise CompileFailure(e) from e
     wall = time.perf_counter() - t0
     for what, a, b in zip(("x_hat", "loss", "dg", "d2"), got, want):
-        err = rel_err(a, b)
+        err = normwise_rel_err(a, b)
         if not (err <= rtol):
             sys.exit(f"bench_head: CORRECTNESS FAILURE ({where}): {name} {what} differs from float64 math by "
                      f"{err:.3g} relative (> {rtol:g}); not timing.")
@@ -304,13 +304,7 @@ def short_reason(exc):
     for needle, words in known:
         if needle in text:
             return words
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return (type(exc).__name__ + (": " + first if first else ""))[:70]
-
-
-def full_message(exc):
-    first = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {first[0] if first else ''}"[:400]
+    return first_line(exc, 70)
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -422,7 +416,7 @@ def compiled_provider(where, dbl, v, real, fake, g, want, alpha, rtol, state):
         except CompileFailure as e:
             cause = e.__cause__
             label = "default settings" if not settings else settings_text(settings)
-            note = state.notes.setdefault(f"{label}: {full_message(cause)}", [where, 0])
+            note = state.notes.setdefault(f"{label}: {first_line(cause, 400)}", [where, 0])
             note[1] += 1
             reason = f"does not compile: {short_reason(cause)}"
             continue
@@ -449,7 +443,7 @@ def run_config(threads, dtype, pass_, B, N, device, backends, args, timer, state
     heads = {name: make_head(f, dbl, v) for name, f in forwards.items()}
 
     alpha = torch.rand(B, device=device).to(dt)  # the same (representable) alpha for every provider
-    want = reference(real, fake, g, v, alpha)
+    want = float64_head(real, fake, g, v, alpha)
     for name, head in heads.items():
         check(where, name, head, real, fake, g, want, alpha, RTOL[dtype])
     status, compile_s = "not run", None
@@ -738,12 +732,10 @@ def main(argv=None):
     print(f"wall time {wall_s:.0f} s")
 
     threads_text = " ".join(map(str, args.threads))
-    out = args.out or os.path.join(REPO, "benchmarks", "results",
-                                   machine_name(device, "-".join(map(str, args.threads))))
-    os.makedirs(out, exist_ok=True)
+    out = output_dir(args.out, device, args.threads)
     stem = "bench_head_quick" if args.quick else "bench_head"
     write_csv(os.path.join(out, stem + ".csv"), rows)
-    command = "python benchmarks/bench_head.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("bench_head", argv)
     if args.subset:
         coverage = f"full mode: {FULL_COVERAGE_TEXT}"
     else:

@@ -8,10 +8,11 @@ What is timed, per critic and batch size, fp32, for every provider, is one call 
     loss.backward()                           into the critic's parameters
 
 Providers:
-    plain             the penalty as written from the paper in plain autograd:
-                      alpha = torch.rand(B, 1, ..., 1); x = alpha * real + (1 - alpha) * fake;
+    plain             the penalty as written from the paper in plain autograd,
+                      gpkernels.reference.gradient_penalty(D, real, fake): alpha = torch.rand(B);
+                      x = alpha * real + (1 - alpha) * fake (alpha viewed as (B, 1, ..., 1));
                       x.requires_grad_(True); g = autograd.grad(D(x).sum(), x, create_graph=True)[0];
-                      gp = 10 * ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+                      gp = 10 * ((g.reshape(B, -1).norm(2, dim=1) - 1) ** 2).mean()
     gpkernels         gpkernels.gradient_penalty(D, real, fake, backend="cpu")
     gpkernels-exact   the same with fast_relu=False: autograd's own graph for the whole critic, whose
                       materialised-zero second derivatives (ReLU, LeakyReLU) make the outer backward run
@@ -24,8 +25,10 @@ Providers:
                       running the critic and have nothing to back-propagate.
     fd                gpkernels.finite_difference_penalty(D, real, fake, backend="cpu"): two critic forwards
                       on two points of each real-fake line, no double backward
-    plain-fd          the same finite-difference penalty in plain PyTorch: two interpolations, two forwards,
-                      slope = |D(x1) - D(x2)| / ||x1 - x2||, gp = 10 * mean((slope - 1) ** 2)
+    plain-fd          the same finite-difference penalty in plain PyTorch,
+                      gpkernels.reference.finite_difference_penalty(D, real, fake): two interpolations, two
+                      forwards, slope = |D(x1) - D(x2)| / ||x1 - x2||, gp = 10 * mean((slope - 1) ** 2), a pair
+                      closer than 1e-3 ||real - fake|| left out (as gpkernels' fd does)
     forward-backward  the unit of cost: one ordinary critic pass on B points, D(x).mean().backward()
 
 Critics (no BatchNorm, as WGAN-GP's critic has none):
@@ -67,12 +70,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_penalty.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
-                     VERDICT_LEGEND, pyplot, rel_err, timing_bars, verdict, write_csv,
+from _common import (Timer, command_line, environment_lines, loss_and_grads, measure,  # noqa: E402
+                     output_dir, quartiles, VERDICT_LEGEND, timing_bars, verdict, worst_error, write_csv,
                      write_report)
 from _critics import ConvCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
+from gpkernels import reference  # noqa: E402
+from gpkernels.trainer.plots import pyplot  # noqa: E402
 
 WEIGHT = 10.0
 LAZY = 4
@@ -95,24 +100,12 @@ CRITICS = [
 
 
 # ----------------------------------------------------------------------------------------------- providers
-# Each penalty takes (critic, real, fake) and an optional alpha (for the check) and returns the loss.
-
-def _col(alpha, like):
-    """(B,) -> (B, 1, ..., 1), broadcasting over the per-sample dimensions of `like`."""
-    return alpha.view(-1, *([1] * (like.dim() - 1)))
-
+# Each penalty takes (critic, real, fake) and an optional alpha (for the check; None draws a fresh one per
+# call, part of the timed work) and returns the loss.
 
 def plain_penalty(critic, real, fake, alpha=None):
-    """The WGAN-GP penalty as a user writes it from the paper."""
-    B = real.shape[0]
-    if alpha is None:
-        alpha = torch.rand(B, *([1] * (real.dim() - 1)), device=real.device)
-    else:
-        alpha = _col(alpha, real)
-    x = alpha * real + (1 - alpha) * fake
-    x.requires_grad_(True)
-    g = torch.autograd.grad(critic(x).sum(), x, create_graph=True)[0]
-    return WEIGHT * ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+    """The WGAN-GP penalty as a user writes it from the paper: the package's plain-autograd reference."""
+    return reference.gradient_penalty(critic, real, fake, weight=WEIGHT, alpha=alpha)
 
 
 def gpkernels_penalty(critic, real, fake, alpha=None):
@@ -129,18 +122,8 @@ def fd_penalty(critic, real, fake, alpha=None):
 
 
 def plain_fd_penalty(critic, real, fake, alpha=None):
-    """The finite-difference penalty in plain PyTorch (no guard for coincident points, as a user's
-    version would have none; alpha1 = alpha2 has probability ~0 in fp32)."""
-    B = real.shape[0]
-    if alpha is None:
-        a1 = torch.rand(B, *([1] * (real.dim() - 1)), device=real.device)
-        a2 = torch.rand(B, *([1] * (real.dim() - 1)), device=real.device)
-    else:
-        a1, a2 = _col(alpha[0], real), _col(alpha[1], real)
-    x1 = a1 * real + (1 - a1) * fake
-    x2 = a2 * real + (1 - a2) * fake
-    slope = (critic(x1) - critic(x2)).abs().view(B) / (x1 - x2).flatten(1).norm(2, dim=1)
-    return WEIGHT * ((slope - 1) ** 2).mean()
+    """The finite-difference penalty in plain PyTorch: the package's reference (alpha: None or a pair)."""
+    return reference.finite_difference_penalty(critic, real, fake, weight=WEIGHT, alpha=alpha)
 
 
 def timed_calls(critic, real, fake):
@@ -179,24 +162,15 @@ def timed_calls(critic, real, fake):
 
 # ----------------------------------------------------------------------------------------------- checking
 
-def loss_and_grads(critic, fn):
-    critic.zero_grad(set_to_none=True)
-    loss = fn()
-    loss.backward()
-    grads = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in critic.named_parameters()}
-    critic.zero_grad(set_to_none=True)
-    return loss.detach(), grads
-
-
 def compare(where, name, baseline, got, want, scale=1.0):
-    """Abort unless the (loss, grads) pair `got` equals `scale` times `want` to RTOL."""
-    pairs = [("penalty", got[0], want[0])] + [(f"grad of {n}", got[1][n], want[1][n]) for n in want[1]]
-    for what, a, b in pairs:
-        err = rel_err(a, b * scale)
-        if not (err <= RTOL):
-            sys.exit(f"bench_penalty: CORRECTNESS FAILURE ({where}): {name} {what} differs from "
-                     f"{'' if scale == 1 else f'{scale:g} x '}{baseline} by {err:.3g} relative "
-                     f"(> {RTOL:g}); not timing.")
+    """Abort unless the (loss, grads) pair `got` equals `scale` times `want` to RTOL (loss_and_grads' pairs;
+    the error is maxabs_rel_err, the worst tensor is named)."""
+    what, err = worst_error(got, want, scale)
+    if not (err <= RTOL):
+        what = "penalty" if what == "loss" else what
+        sys.exit(f"bench_penalty: CORRECTNESS FAILURE ({where}): {name} {what} differs from "
+                 f"{'' if scale == 1 else f'{scale:g} x '}{baseline} by {err:.3g} relative "
+                 f"(> {RTOL:g}); not timing.")
 
 
 def check(where, critic, real, fake):
@@ -210,7 +184,7 @@ def check(where, critic, real, fake):
     lazy = gpkernels.GradientPenalty(weight=WEIGHT, lazy=LAZY, backend=BACKEND)
     compare(where, "gpkernels-lazy4 (computed call)", "plain",
             loss_and_grads(critic, lambda: lazy(critic, real, fake, alpha=alpha)), want, scale=LAZY)
-    # Alphas a gap >= 0.1 apart, so that gpkernels' min_gap guard keeps every pair, as plain-fd does.
+    # Alphas a gap >= 0.1 apart, so that the min_gap guard (gpkernels' and the reference's) keeps every pair.
     pair = (0.45 * torch.rand(B), 0.55 + 0.45 * torch.rand(B))
     want = loss_and_grads(critic, lambda: plain_fd_penalty(critic, real, fake, pair))
     compare(where, "fd", "plain-fd", loss_and_grads(critic, lambda: fd_penalty(critic, real, fake, pair)), want)
@@ -352,23 +326,23 @@ def main(argv=None):
         print(v)
     print(f"wall time {wall_s:.0f} s")
 
-    out = args.out or os.path.join(REPO, "benchmarks", "results",
-                                   machine_name(device, "-".join(map(str, args.threads))))
-    os.makedirs(out, exist_ok=True)
+    out = output_dir(args.out, device, args.threads)
     stem = "bench_penalty_quick" if args.quick else "bench_penalty"
     write_csv(os.path.join(out, stem + ".csv"), rows)
-    command = "python benchmarks/bench_penalty.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("bench_penalty", argv)
     md = [
         "# Penalty benchmark, critic included (bench_penalty.py)",
         "",
         "Timed work per call: `critic.zero_grad(set_to_none=True)`, the penalty on fresh random points, and "
         "`loss.backward()` into the critic's parameters; fp32, CPU.",
-        "plain: the paper's formula in plain autograd (`alpha*real + (1-alpha)*fake`, "
-        "`autograd.grad(D(x).sum(), x, create_graph=True)`, `10 * ((g.flatten(1).norm(2, dim=1) - 1) ** 2)"
-        ".mean()`); gpkernels: `gpkernels.gradient_penalty(D, real, fake, backend=\"cpu\")`; "
+        "plain: the paper's formula in plain autograd, `gpkernels.reference.gradient_penalty` "
+        "(`alpha*real + (1-alpha)*fake`, `autograd.grad(D(x).sum(), x, create_graph=True)`, "
+        "`10 * ((g.reshape(B, -1).norm(2, dim=1) - 1) ** 2).mean()`); gpkernels: "
+        "`gpkernels.gradient_penalty(D, real, fake, backend=\"cpu\")`; "
         f"gpkernels-lazy4: `GradientPenalty(lazy={LAZY})`, {LAZY} calls (one computed and back-propagated) "
         f"per timed call, time / {LAZY}; fd: `gpkernels.finite_difference_penalty`; plain-fd: the same "
-        "finite-difference formula in plain PyTorch; forward-backward: `D(x).mean().backward()` on B points.",
+        "finite-difference formula in plain PyTorch (`gpkernels.reference.finite_difference_penalty`); "
+        "forward-backward: `D(x).mean().backward()` on B points.",
         "x plain: plain ms / provider ms (> 1 = faster than plain); x fwd-bwd: provider ms / forward-backward "
         "ms (the penalty's cost in plain critic passes).",
         "",

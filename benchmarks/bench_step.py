@@ -12,12 +12,12 @@ parameter updates of one provider's steps never reach another's.
 
 Providers:
     plain             the step above without a penalty: the unit every other row is divided by
-    gp-popular        the penalty as most WGAN-GP code writes it: alpha = torch.rand(B, 1, ..., 1);
-                      x = alpha * real + (1 - alpha) * fake; x.requires_grad_(True); out = D(x);
-                      g = autograd.grad(outputs=out, inputs=x, grad_outputs=torch.ones_like(out),
-                      create_graph=True, retain_graph=True)[0];
-                      gp = ((g.view(B, -1).norm(2, dim=1) - 1) ** 2).mean() * 10
-    gp-best           the best eager formula we know: x = torch.lerp(fake, real, alpha);
+    gp-popular        the penalty as most WGAN-GP code writes it from the paper, in plain autograd:
+                      gpkernels.reference.gradient_penalty(D, real, fake): alpha = torch.rand(B);
+                      x = alpha * real + (1 - alpha) * fake (alpha viewed as (B, 1, ..., 1));
+                      x.requires_grad_(True); g = autograd.grad(D(x).sum(), x, create_graph=True)[0];
+                      gp = 10 * ((g.reshape(B, -1).norm(2, dim=1) - 1) ** 2).mean()
+    gp-best           the best eager formula we know: x = torch.lerp(fake, real, alpha) (one kernel);
                       g = autograd.grad(D(x).sum(), x, create_graph=True)[0];
                       gp = 10 * ((torch.linalg.vector_norm(g.flatten(1), dim=1) - 1) ** 2).mean()
     gp-gpkernels      gpkernels.gradient_penalty(D, real, fake, backend="cpu")
@@ -52,20 +52,21 @@ Critics (none has BatchNorm, as WGAN-GP's critic has none; see _critics.py):
 Method: before timing a critic, the step's loss and every parameter gradient of each penalty provider are
 checked on its own critic copy (before that copy has taken a step) against gp-popular with the same alpha:
 gp-best, gp-gpkernels, gp-func-eager and gp-func-compiled at weight 10, the lazy module's computed step at
-weight 4 x 10, and fd against the same finite-difference formula in plain PyTorch with the same pair of
-alphas. The data and the check's alphas are on coarse binary grids so that every way of writing the
-interpolation gives the same points bit for bit (a critic's ReLU kinks would otherwise turn rounding
-differences into gradient differences). Relative error max|got - want| / max|want| at most 1e-4 per tensor,
-a missing .grad counting as zeros; the script aborts on a mismatch, except for the compiled row: Inductor's
-fp32 kernels round the critic's pre-activations differently from eager, so a few units land on the other
-side of a ReLU kink and single gradient entries can differ by more (measured up to ~4e-3 on dcgan64). Where
-its fp32 check fails, the same function is compiled and checked in float64 on a float64 copy; the row is
-timed (with a note giving both errors) if float64 agrees to 1e-4, and dropped with the reason otherwise, or
-where it does not compile. Then each provider is warmed up, an inner loop count is chosen so that a timed sample lasts
-at least --min-sample-ms, and --repeats samples are taken round-robin over the providers (rotating the order
-each round) so that background load hits all of them alike. Reported: median and interquartile range of the
-per-step time; "x plain step" = provider ms / plain ms (the step's cost in plain critic steps measured in the
-same run); "x vs gp-best" = gp-best ms / provider ms (> 1 is faster than gp-best).
+weight 4 x 10, and fd against the same finite-difference formula in plain PyTorch
+(gpkernels.reference.finite_difference_penalty) with the same pair of alphas. The data and the check's alphas
+are on coarse binary grids so that every way of writing the interpolation gives the same points bit for bit (a
+critic's ReLU kinks would otherwise turn rounding differences into gradient differences). Relative error
+max|got - want| / max|want| at most 1e-4 per tensor, a missing .grad counting as zeros; the script aborts on a
+mismatch, except for the compiled row: Inductor's fp32 kernels round the critic's pre-activations differently
+from eager, so a few units land on the other side of a ReLU kink and single gradient entries can differ by
+more (measured up to ~4e-3 on dcgan64). Where its fp32 check fails, the same function is compiled and checked
+in float64 on a float64 copy; the row is timed (with a note giving both errors) if float64 agrees to 1e-4, and
+dropped with the reason otherwise, or where it does not compile. Then each provider is warmed up, an inner
+loop count is chosen so that a timed sample lasts at least --min-sample-ms, and --repeats samples are taken
+round-robin over the providers (rotating the order each round) so that background load hits all of them alike.
+Reported: median and interquartile range of the per-step time; "x plain step" = provider ms / plain ms (the
+step's cost in plain critic steps measured in the same run); "x vs gp-best" = gp-best ms / provider ms (> 1 is
+faster than gp-best).
 
 FLOPs (deterministic, not timed): each autograd provider's step (forwards and backward; Adam's update has
 none) is counted once with FlopCounterMode's formulas (matrix products and convolutions) and reported as a
@@ -101,12 +102,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # loaded other than as `python benchmarks/bench_step.py`: _common lives beside us
     sys.path.insert(0, HERE)
 # _common also puts the repository on sys.path when gpkernels is not importable otherwise.
-from _common import (REPO, Timer, environment_lines, machine_name, measure, quartiles,  # noqa: E402
-                     VERDICT_LEGEND, pyplot, rel_err, timing_bars, verdict, write_csv,
-                     write_report)
+from _common import (Timer, command_line, environment_lines, first_line, loss_and_grads,  # noqa: E402
+                     measure, output_dir, quartiles, VERDICT_LEGEND, timing_bars, verdict, worst_error,
+                     write_csv, write_report)
 from _critics import ConvCritic, ResNetCritic, mlp_critic  # noqa: E402
 
 import gpkernels  # noqa: E402
+from gpkernels import reference  # noqa: E402
+from gpkernels.reference import per_sample_view  # noqa: E402
+from gpkernels.trainer.plots import pyplot  # noqa: E402
 
 WEIGHT = 10.0
 LAZY = 4
@@ -135,34 +139,25 @@ CRITIC_NAMES = [c[0] for c in CRITICS]
 
 
 # ----------------------------------------------------------------------------------------------- penalties
-# Each takes (critic, real, fake), an optional (B,) alpha (for the check; None draws one) and the weight,
-# and returns the penalty term to add to the critic loss.
-
-def _column(alpha, like):
-    """(B,) -> (B, 1, ..., 1), broadcasting over the per-sample dimensions of `like`."""
-    return alpha.view(-1, *([1] * (like.dim() - 1)))
-
+# Each takes (critic, real, fake), an optional (B,) alpha (for the check; None draws a fresh one per call,
+# part of the timed work) and the weight, and returns the penalty term to add to the critic loss.
 
 def _draw_column(like):
-    return torch.rand(like.shape[0], *([1] * (like.dim() - 1)), device=like.device)
+    """A fresh (B, 1, ..., 1) alpha ~ U[0, 1) for `like` (B, *), drawn as the reference draws it."""
+    return per_sample_view(reference.draw_alpha(like), like)
 
 
 def popular_penalty(critic, real, fake, alpha=None, weight=WEIGHT):
-    """The formula as the WGAN-GP reference code and most code derived from it write it."""
-    B = real.size(0)
-    alpha = _draw_column(real) if alpha is None else _column(alpha, real)
-    interpolates = alpha * real + (1 - alpha) * fake
-    interpolates.requires_grad_(True)
-    out = critic(interpolates)
-    gradients = torch.autograd.grad(outputs=out, inputs=interpolates, grad_outputs=torch.ones_like(out),
-                                    create_graph=True, retain_graph=True)[0]
-    return ((gradients.view(B, -1).norm(2, dim=1) - 1) ** 2).mean() * weight
+    """The formula as the WGAN-GP paper and most code derived from it write it: the package's
+    plain-autograd reference."""
+    return reference.gradient_penalty(critic, real, fake, weight=weight, alpha=alpha)
 
 
+# A copy of the penalty on purpose: what gp-best measures is this way of writing it (lerp, vector_norm).
 def best_penalty(critic, real, fake, alpha=None, weight=WEIGHT):
-    """The same penalty with the cheapest eager ops we know: one lerp kernel for the interpolation,
-    D(x).sum() instead of a ones tensor as grad_outputs, and vector_norm on a flattened view."""
-    alpha = _draw_column(real) if alpha is None else _column(alpha, real)
+    """The same penalty with the cheapest eager ops we know: one lerp kernel for the interpolation and
+    vector_norm on a flattened view."""
+    alpha = _draw_column(real) if alpha is None else per_sample_view(alpha, real)
     x = torch.lerp(fake, real, alpha).requires_grad_(True)
     (g,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
     return weight * ((torch.linalg.vector_norm(g.flatten(1), dim=1) - 1) ** 2).mean()
@@ -176,15 +171,8 @@ def fd_penalty(critic, real, fake, alpha=None, weight=WEIGHT):
     return gpkernels.finite_difference_penalty(critic, real, fake, weight=weight, alpha=alpha, backend=BACKEND)
 
 
-def fd_reference(critic, real, fake, pair, weight=WEIGHT):
-    """The finite-difference penalty in plain PyTorch, only to check fd (alphas given, never equal)."""
-    a1, a2 = (_column(a, real) for a in pair)
-    x1 = a1 * real + (1 - a1) * fake
-    x2 = a2 * real + (1 - a2) * fake
-    slope = (critic(x1) - critic(x2)).abs().view(-1) / (x1 - x2).flatten(1).norm(2, dim=1)
-    return weight * ((slope - 1) ** 2).mean()
-
-
+# A copy of the penalty on purpose: gp-func-* measure it written with torch.func (grad inside grad_and_value
+# over functional_call), which cannot go through the autograd.grad-based reference.
 def func_step(critic, weight=WEIGHT):
     """torch.func's (grads, loss) of the whole critic loss, as a function of a {name: parameter} dict.
     alpha: a (B, 1, ..., 1) column; drawn by the caller so that the check can pass its own."""
@@ -261,21 +249,9 @@ def func_timed_step(prov, real, fake, fn):
 # ----------------------------------------------------------------------------------------------- checking
 
 def autograd_grads(prov, real, fake, penalty):
-    """(loss, {name: grad}) of one step's loss with `penalty()`, without stepping; None grads as zeros."""
+    """(loss, {name: grad}) of one step's loss with `penalty(critic)`, without stepping; None grads as zeros."""
     critic = prov.critic
-    critic.zero_grad(set_to_none=True)
-    loss = critic(fake).mean() - critic(real).mean() + penalty(critic)
-    loss.backward()
-    grads = {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in critic.named_parameters()}
-    critic.zero_grad(set_to_none=True)
-    return loss.detach(), grads
-
-
-def worst_error(got, want):
-    """(what, relative error) where (loss, grads) `got` differs most from `want` (NaN sorts last: reported)."""
-    errs = [("loss", rel_err(got[0], want[0]))] + [(f"grad of {n}", rel_err(got[1][n], want[1][n]))
-                                                   for n in want[1]]
-    return max(errs, key=lambda t: float("inf") if t[1] != t[1] else t[1])
+    return loss_and_grads(critic, lambda: critic(fake).mean() - critic(real).mean() + penalty(critic))
 
 
 def mismatch(got, want):
@@ -325,11 +301,6 @@ def cold_compile_cache(directory):
         pass
 
 
-def first_line(exc):
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
 def float64_check(base, real, fake, alpha):
     """Compile the torch.func step for a float64 copy of `base` and compare it with gp-popular in float64:
     None if they agree to RTOL, else the mismatch. Tells a wrong compiled graph from fp32 rounding: Inductor
@@ -338,7 +309,7 @@ def float64_check(base, real, fake, alpha):
     r, f, a = real.double(), fake.double(), alpha.double()
     prov = Provider(copy.deepcopy(base).double())
     want = autograd_grads(prov, r, f, lambda c: popular_penalty(c, r, f, a))
-    grads, loss = torch.compile(func_step(prov.critic))(prov.params, r, f, _column(a, r))
+    grads, loss = torch.compile(func_step(prov.critic))(prov.params, r, f, per_sample_view(a, r))
     return mismatch((loss, grads), want), worst_error((loss, grads), want)
 
 
@@ -349,7 +320,7 @@ def prepare_compiled(prov, base, real, fake, alpha, want):
     try:
         g0, b0 = compile_counters()
         t0 = time.perf_counter()
-        grads, loss = fn(prov.params, real, fake, _column(alpha, real))
+        grads, loss = fn(prov.params, real, fake, per_sample_view(alpha, real))
         info["compile_s"] = time.perf_counter() - t0
         g1, b1 = compile_counters()
         if g0 is not None:
@@ -483,7 +454,7 @@ def run_config(name, make, shape, B, threads, args, timer, providers=PROVIDERS):
         check_or_exit(where, p, autograd_grads(prov[p], real, fake, penalty), want, against)
     if "gp-func-eager" in prov:
         grads, loss = func_step(prov["gp-func-eager"].critic)(prov["gp-func-eager"].params, real, fake,
-                                                              _column(alpha, real))
+                                                              per_sample_view(alpha, real))
         check_or_exit(where, "gp-func-eager", (loss, grads), want, against)
     if "gp-lazy4" in prov:
         lazy = gpkernels.GradientPenalty(weight=WEIGHT, lazy=LAZY, backend=BACKEND)
@@ -497,7 +468,9 @@ def run_config(name, make, shape, B, threads, args, timer, providers=PROVIDERS):
         pair = (grid_alpha(B, 0, 7, gen).to(device), grid_alpha(B, 9, 16, gen).to(device))
         check_or_exit(where, "fd", autograd_grads(prov["fd"], real, fake,
                                                   lambda c: fd_penalty(c, real, fake, pair)),
-                      autograd_grads(prov["fd"], real, fake, lambda c: fd_reference(c, real, fake, pair)),
+                      autograd_grads(prov["fd"], real, fake,
+                                     lambda c: reference.finite_difference_penalty(c, real, fake, weight=WEIGHT,
+                                                                                   alpha=pair)),
                       "the finite-difference formula in plain PyTorch (same alphas)")
 
     compiled, info = None, None
@@ -670,20 +643,18 @@ def main(argv=None):
         print(c)
     print(f"wall time {wall_s:.0f} s")
 
-    out = args.out or os.path.join(REPO, "benchmarks", "results",
-                                   machine_name(device, "-".join(map(str, args.threads))))
-    os.makedirs(out, exist_ok=True)
+    out = output_dir(args.out, device, args.threads)
     stem = "bench_step_quick" if args.quick else "bench_step"
     write_csv(os.path.join(out, stem + ".csv"), rows)
-    command = "python benchmarks/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("bench_step", argv)
     md = [
         "# Critic step benchmark (bench_step.py)",
         "",
         "Timed work per step: `opt.zero_grad(set_to_none=True)`, `loss = D(fake).mean() - D(real).mean()` "
         "(+ penalty), `loss.backward()`, `opt.step()` with Adam(lr 1e-4, betas (0.5, 0.9)); fixed real and "
         "fake tensors; each provider on its own copy of the critic and its own optimizer; fp32, CPU.",
-        "plain: no penalty; gp-popular: `alpha*real + (1-alpha)*fake`, `autograd.grad(outputs=out, "
-        "inputs=x, grad_outputs=torch.ones_like(out), create_graph=True)`, `g.view(B, -1).norm(2, dim=1)`; "
+        "plain: no penalty; gp-popular: `gpkernels.reference.gradient_penalty` (`alpha*real + (1-alpha)*fake`, "
+        "`autograd.grad(D(x).sum(), x, create_graph=True)`, `g.reshape(B, -1).norm(2, dim=1)`); "
         "gp-best: `torch.lerp`, `autograd.grad(D(x).sum(), x, create_graph=True)`, "
         "`torch.linalg.vector_norm(g.flatten(1), dim=1)`; gp-gpkernels: `gpkernels.gradient_penalty(D, real, "
         f"fake, backend=\"cpu\")`; gp-lazy4: `GradientPenalty(lazy={LAZY})`, {LAZY} steps (one with the "
