@@ -118,7 +118,7 @@ def speed(gen):
         torch.autograd.grad(gpkernels.penalty(g, weight=10.0), g)
 
     t = time_interleaved({"popular": popular, "fused": fused})
-    backend = gpkernels.backends.select("demo", None, real.device)
+    backend = gpkernels.backends.choose(real.device)
     print(f"  head, B={B}, N={N}, fp32, {torch.get_num_threads()} thread(s), median of 30: popular formula "
           f"{t['popular']:.2f} ms, gpkernels ({backend}) {t['fused']:.2f} ms -> {t['popular'] / t['fused']:.1f}x")
 

@@ -463,7 +463,10 @@ def _preset(name, data, options, fixed, doc):
     defaults = PenaltySpec(**{k: v for k, v in options.items() if k in spec_fields}, **fixed, where=where)
 
     def penalty(*args, **kwargs):
-        a = signature.bind(*args, **kwargs).arguments
+        try:
+            a = signature.bind(*args, **kwargs).arguments
+        except TypeError as e:      # a missing or surplus argument, named as Python names it
+            raise TypeError(f"{where}: {e}") from None
         given = {k: a[k] for k in options if k in spec_fields and k in a}
         spec = dataclasses.replace(defaults, **given, where=where) if given else defaults
         call = _Inputs(a["critic"], a.get("real"), a.get("fake"), a.get("critic_args", ()),
