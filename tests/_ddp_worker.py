@@ -48,8 +48,8 @@ def take(x, rank, half):
 
 
 def grads(trainer):
-    from gpkernels.trainer.loop import _unwrap
-    return {name: p.grad.detach().clone() for name, p in _unwrap(trainer.critic).named_parameters()}
+    from gpkernels.trainer.models import unwrap
+    return {name: p.grad.detach().clone() for name, p in unwrap(trainer.critic).named_parameters()}
 
 
 def gradients(path):

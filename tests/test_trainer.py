@@ -29,7 +29,10 @@ from gpkernels import backends  # noqa: E402
 from gpkernels.trainer import cli  # noqa: E402
 from gpkernels.trainer.config import resolve  # noqa: E402
 from gpkernels.trainer.data import DATASETS, TOY  # noqa: E402
-from gpkernels.trainer.loop import CHECKPOINT, METRICS, Evaluator, Trainer, _unwrap, read_checkpoint  # noqa: E402
+from gpkernels.trainer.checkpoint import CHECKPOINT, METRICS, read_checkpoint  # noqa: E402
+from gpkernels.trainer.evaluation import Evaluator  # noqa: E402
+from gpkernels.trainer.loop import Trainer  # noqa: E402
+from gpkernels.trainer.models import unwrap  # noqa: E402
 
 import _ddp_worker  # noqa: E402
 
@@ -325,7 +328,7 @@ def _reference_trainer(regularizer, dtype="float64", **extra):
 
 
 def _parameters(trainer):
-    return [p.detach().clone() for net in (trainer.generator, trainer.critic) for p in _unwrap(net).parameters()]
+    return [p.detach().clone() for net in (trainer.generator, trainer.critic) for p in unwrap(net).parameters()]
 
 
 @pytest.mark.parametrize("regularizer,extra", [

@@ -60,6 +60,7 @@ def test_ngram_js_counts_overlapping_ngrams():
     assert metrics.ngram_js(["aaaa"], ["bbbb"])["js4"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow                            # trains the digit classifier twice: about 15 s on one thread
 def test_digit_classifier_is_cached_and_accurate(tmp_path, monkeypatch):
     monkeypatch.setenv("GPKERNELS_CACHE", str(tmp_path))
     torch.set_num_threads(1)
@@ -159,6 +160,7 @@ def _png_size(path):
     return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
 
 
+@pytest.mark.slow                            # every experiment end to end: over a minute on one CPU thread
 def test_quick_experiments_write_pngs_and_a_report(tmp_path, monkeypatch):
     """Every experiment's --quick mode, shortened by --scale so the suite stays fast: the whole path from the
     runs to the figures, the report and summary.json, plus the findings that already show at that length."""

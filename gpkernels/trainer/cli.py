@@ -6,7 +6,8 @@ import sys
 import torch
 
 from . import config as cfg
-from .loop import CHECKPOINT, Trainer, read_checkpoint
+from .checkpoint import CHECKPOINT, check_compatible, read_checkpoint
+from .loop import Trainer, distributed_env, flushed_denormals
 
 
 def _default_out(given):
@@ -29,20 +30,11 @@ def build(argv=None):
         path = pathlib.Path(args.out) / CHECKPOINT
         if not path.exists():
             raise cfg.UsageError(f"--resume: {path} does not exist (nothing to resume)")
-        saved = read_checkpoint(path)["config"]
+        saved = read_checkpoint(path)
         # Unset options come from the checkpoint; set ones must agree with it, except the resumable ones.
-        config = dict(saved)
-        for key, value in given.items():
-            if value is None:
-                continue
-            value = tuple(value) if key == "betas" else value
-            if key in cfg.RESUMABLE:
-                config[key] = value
-            elif saved.get(key) != value:
-                raise cfg.UsageError(f"the checkpoint was trained with --{key.replace('_', '-')} "
-                                     f"{saved.get(key)!r}, not {value!r}; only "
-                                     f"{', '.join('--' + k.replace('_', '-') for k in cfg.RESUMABLE)} may change "
-                                     f"on --resume")
+        config = dict(saved["config"])
+        config.update({k: tuple(v) if k == "betas" else v for k, v in given.items() if v is not None})
+        check_compatible(saved, config, distributed_env()[1])
         cfg.check(config, {})
     else:
         config = cfg.resolve(given)
@@ -106,14 +98,8 @@ def write_samples(trainer):
 
 def main(argv=None):
     """The command line; returns the exit status (0, or 2 for a usage error)."""
-    # Weight clipping drives the critic's activations into subnormal floats, which x86 CPUs process 10-100x
-    # slower (a 12-layer clipped critic: 8x slower per step here); values below 1e-38 do not matter to training.
-    # The switch is process-wide, so it is turned back off (torch's default) on the way out.
-    torch.set_flush_denormal(True)
-    try:
+    with flushed_denormals():                # weight clipping's subnormal floats: see there
         return _main(argv)
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def _main(argv):

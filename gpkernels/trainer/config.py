@@ -7,11 +7,13 @@ dataset's, then the regulariser's, then whatever the user gave explicitly (None 
 
 import argparse
 
+from gpkernels import backends
+
 from .data import DATASETS, TOY
 
 REGULARIZERS = ("clip", "gp", "lp", "r1", "dragan", "fd", "none")
 PENALTIES = ("gp", "lp", "r1", "dragan", "fd")
-BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+BACKENDS = (backends.AUTO,) + tuple(backends.NAMES)
 
 
 class UsageError(Exception):

@@ -10,8 +10,8 @@ reference trainer, as PNG figures and DIR/report.md (figures embedded, numbers i
     all          every one of them, in one report
 
 --quick shrinks the nets and the budgets so that each finishes in a few minutes on two CPU cores; without
-it the nets are the paper's size (512-wide toy MLPs) and the runs longer. Every run is one seed. Subnormal floats are flushed to zero (torch.set_flush_denormal), as in the trainer's
-command line.
+it the nets are the paper's size (512-wide toy MLPs) and the runs longer. Every run is one seed. Subnormal
+floats are flushed to zero (torch.set_flush_denormal), as in the trainer's command line.
 """
 
 import argparse
@@ -26,7 +26,8 @@ import time
 import torch
 
 from .config import resolve
-from .loop import Trainer, _unwrap
+from .loop import Trainer, flushed_denormals
+from .models import unwrap
 from .plots import critic_contour, digit_grid, pyplot
 
 NAMES = ("weights", "grad-norms", "toy", "convergence", "digits", "text")
@@ -78,10 +79,8 @@ def _table(header, rows):
 
 
 def _last(trainer, key):
-    for record in reversed(trainer.history):
-        if record.get(key) is not None:
-            return record[key]
-    return math.nan
+    value = trainer.latest(key)
+    return math.nan if value is None else value
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -96,7 +95,7 @@ def weights(ctx):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     numbers = {}
     for ax, (reg, trainer) in zip(axes, runs.items()):
-        w = torch.cat([m.weight.detach().flatten().float().cpu() for m in _unwrap(trainer.critic).modules()
+        w = torch.cat([m.weight.detach().flatten().float().cpu() for m in unwrap(trainer.critic).modules()
                        if isinstance(m, torch.nn.Linear)])
         ax.hist(w.numpy(), bins=100, color="tab:blue" if reg == "clip" else "tab:green")
         ax.set_yscale("log")
@@ -130,7 +129,7 @@ def layer_gradient_norms(trainer, n=256, seed=0):
     layer's weight matrix, on n fresh real and n generated samples."""
     g = torch.Generator().manual_seed(seed)
     # In float64, so that gradients of 1e-40 and below are measured rather than flushed to zero.
-    critic = copy.deepcopy(_unwrap(trainer.critic)).double()
+    critic = copy.deepcopy(unwrap(trainer.critic)).double()
     real = trainer.sampler.sample(n, g).to(trainer.device, torch.float64)
     fake = trainer.generate(n, g).to(trainer.device, torch.float64)
     layers = list(critic.hidden) + [critic.out]
@@ -411,10 +410,7 @@ def main(argv=None):
     names = NAMES if args.name == "all" else (args.name,)
     start = time.perf_counter()
     sections = []
-    # Weight clipping drives activations into subnormal floats, which x86 CPUs process 10-100x slower. The
-    # switch is process-wide: back off (torch's default) on the way out.
-    torch.set_flush_denormal(True)
-    try:
+    with flushed_denormals():                # weight clipping's subnormal floats, as on the command line
         for name in names:
             if ctx.progress:
                 print(f"{name}:", flush=True)
@@ -423,8 +419,6 @@ def main(argv=None):
             section.update(name=name, seconds=time.perf_counter() - t0)
             sections.append(section)
             write_report(out, sections, args.quick, time.perf_counter() - start)
-    finally:
-        torch.set_flush_denormal(False)
     print(f"wrote {out / 'report.md'} ({', '.join(f for s in sections for f in s['figures'])})")
     return 0
 

@@ -1,5 +1,7 @@
-"""The reference WGAN trainer: one class that builds the nets, runs the critic and generator steps with the
-chosen regulariser, evaluates, logs and checkpoints.
+"""The reference WGAN trainer: the Trainer class builds the nets, optimisers and penalty from a config, runs the
+critic and generator steps with the chosen regulariser (and the --compare-reference copy in lock-step), and
+drives the run: evaluation (evaluation.py), logging to metrics.jsonl, checkpoints (checkpoint.py), Ctrl-C,
+--time-budget and divergence, agreed across DDP processes.
 
 One step = n_critic critic updates, then one generator update (the paper's "generator iteration").
 
@@ -11,6 +13,7 @@ so a run stopped and resumed gives the same parameters as one that ran straight 
 from a generator seeded by (seed, step) and so never disturbs training.
 """
 
+import contextlib
 import copy
 import json
 import math
@@ -22,89 +25,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from .. import backends
-from ..penalties import GradientPenalty
-from ..reference import accum_dtype
-from . import data, metrics, models
-from .config import RESUMABLE, UsageError, dataset_group
-
-FORMAT = "gpkernels-trainer"
-VERSION = 1
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-
-
-# ------------------------------------------------------------------------------------------ penalties
-
-def penalty_settings(config):
-    """GradientPenalty keyword arguments for a penalty regulariser (None for clip and none)."""
-    reg = config["regularizer"]
-    if reg in ("clip", "none"):
-        return None
-    kw = dict(weight=config["weight"], target=1.0, one_sided=False, sample="interpolate", method="gradient",
-              lazy=config["lazy"], dragan_scale=config["dragan_scale"])
-    if reg == "lp":
-        kw["one_sided"] = True
-    elif reg == "r1":
-        kw.update(target=0.0, sample="real")
-    elif reg == "dragan":
-        kw["sample"] = "dragan"
-    elif reg == "fd":
-        kw["method"] = "finite_difference"
-    return kw
-
-
-class PlainPenalty:
-    """The same regulariser written with plain autograd, as a blog's calc_gradient_penalty would be: for
-    --compare-reference. It draws its random numbers in GradientPenalty's documented order (alpha, then
-    DRAGAN's noise; FD: alpha1 then alpha2) so that, given a generator in the same state, both penalise the
-    same points."""
-
-    def __init__(self, weight, target, one_sided, sample, method, lazy, dragan_scale, min_gap=1e-3):
-        self.weight, self.target, self.one_sided, self.sample = weight, target, one_sided, sample
-        self.method, self.lazy, self.dragan_scale, self.min_gap = method, lazy, dragan_scale, min_gap
-        self.calls = 0
-
-    def __call__(self, critic, real, fake, generator):
-        due = self.calls % self.lazy == 0
-        self.calls += 1
-        if not due:
-            return torch.zeros((), dtype=accum_dtype(real.dtype), device=real.device)
-        weight = self.weight * self.lazy
-        batch = real.shape[0]
-        acc = accum_dtype(real.dtype)
-        view = (batch,) + (1,) * (real.dim() - 1)
-
-        def draw():
-            return torch.rand(batch, generator=generator, device=real.device, dtype=acc).to(real.dtype).view(view)
-
-        if self.method == "finite_difference":
-            a1, a2 = draw(), draw()
-            x1, x2 = a1 * real + (1 - a1) * fake, a2 * real + (1 - a2) * fake
-            dist_ = (x1 - x2).flatten(1).norm(dim=1)
-            span = (real - fake).flatten(1).norm(dim=1)
-            keep = (dist_ > self.min_gap * span) & (dist_ > 0)
-            slopes = (critic(x1) - critic(x2)).abs() / torch.where(keep, dist_, torch.ones_like(dist_))
-            excess = slopes - self.target
-            if self.one_sided:
-                excess = excess.clamp_min(0)
-            return weight * torch.where(keep, excess.square(), torch.zeros_like(excess)).sum() / batch
-        if self.sample == "interpolate":
-            a = draw()
-            x = a * real + (1 - a) * fake
-        elif self.sample == "dragan":
-            a = draw()
-            u = torch.rand(real.shape, generator=generator, device=real.device, dtype=acc).to(real.dtype)
-            perturbed = real + self.dragan_scale * real.std(correction=0) * u
-            x = a * perturbed + (1 - a) * real
-        else:
-            x = real
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
-        excess = grad.flatten(1).norm(dim=1) - self.target
-        if self.one_sided:
-            excess = excess.clamp_min(0)
-        return weight * excess.square().mean()
+from . import checkpoint, data, evaluation, models, regularizers
+from .checkpoint import CHECKPOINT, METRICS
+from .config import UsageError
+from .models import unwrap
 
 
 # --------------------------------------------------------------------------------------- distribution
@@ -117,8 +41,19 @@ def distributed_env():
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _unwrap(module):
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+@contextlib.contextmanager
+def flushed_denormals():
+    """Within the block, subnormal floats are flushed to zero (torch.set_flush_denormal), as every run of the
+    command line and the experiments does.
+
+    Weight clipping drives the critic's activations into subnormal floats, which x86 CPUs process 10-100x
+    slower (a 12-layer clipped critic: 8x slower per step here); values below 1e-38 do not matter to training.
+    The switch is process-wide, so it is turned back off (torch's default) on the way out."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -126,9 +61,10 @@ def _unwrap(module):
 class Trainer:
     """Builds everything a run needs from a resolved config (gpkernels.trainer.config.resolve).
 
-    Attributes after construction: generator, critic (DDP-wrapped under torchrun), opt_g, opt_d, penalty
-    (GradientPenalty or None), sampler, step (completed generator steps), history (the metrics.jsonl
-    records, newest last).
+    Attributes after construction: generator, critic (DDP-wrapped under torchrun: models.unwrap gives the
+    net), opt_g, opt_d, penalty (GradientPenalty or None), sampler, step (completed generator steps), history
+    (the metrics.jsonl records, newest last), reference (--compare-reference: a dict of the plain-autograd
+    copy's generator, critic, opt_g, opt_d, penalty (regularizers.ReferencePenalty) and rng; else None).
 
     out: the run directory, or None to keep everything in memory (experiments, tests).
     """
@@ -139,21 +75,17 @@ class Trainer:
         try:
             device = torch.device(config["device"])
         except RuntimeError:
-            raise UsageError(f"--device must be cpu, cuda or cuda:N, got {config['device']}") from None
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise UsageError(f"--device must be cpu, cuda or cuda:N, got {config['device']}")
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise UsageError(f"--device {config['device']}: torch sees no CUDA device here")
             if self.world > 1:
                 device = torch.device("cuda", local_rank)
-        elif device.type != "cpu":
-            raise UsageError(f"--device must be cpu, cuda or cuda:N, got {config['device']}")
         self.device = device
         self.dtype = getattr(torch, config["dtype"])
-        self.penalty_kw = penalty_settings(config)
-        if self.penalty_kw is not None and config["backend"] != "auto":
-            reasons = backends.refusals(config["backend"], device)
-            if reasons:
-                raise UsageError(f"--backend {config['backend']} cannot run on {device}: " + "; ".join(reasons))
+        self.penalty = regularizers.fused_penalty(config, device)
         if self.world > 1 and config["compare_reference"]:
             raise UsageError("--compare-reference runs in a single process; start it without torchrun")
         if self.world > 1 and not dist.is_initialized():
@@ -180,7 +112,7 @@ class Trainer:
         self.reference = None
         if config["compare_reference"]:
             self.reference = dict(generator=copy.deepcopy(self.generator), critic=copy.deepcopy(self.critic),
-                                  penalty=PlainPenalty(**self.penalty_kw))
+                                  penalty=regularizers.ReferencePenalty(config))
             self.reference["opt_g"], self.reference["opt_d"] = self._optimizers(
                 self.reference["generator"], self.reference["critic"])
             self.reference["rng"] = torch.Generator(device=device)
@@ -190,10 +122,6 @@ class Trainer:
             self.generator = ddp(self.generator, device_ids=ids)
             self.critic = ddp(self.critic, device_ids=ids)
         self.opt_g, self.opt_d = self._optimizers(self.generator, self.critic)
-        self.penalty = None
-        if self.penalty_kw is not None:
-            backend = None if config["backend"] == "auto" else config["backend"]
-            self.penalty = GradientPenalty(**self.penalty_kw, strict=True, backend=backend)
 
         # Different batches and noise per process; the same initialisation everywhere (DDP broadcasts it too).
         stream = seed * 1_000_003 + self.rank * 7919
@@ -214,7 +142,7 @@ class Trainer:
         self._evaluator = None
         self._stop_requested = False
         if self.out is not None:
-            self._prepare_out(resume, overwrite)
+            checkpoint.prepare(self, resume, overwrite)
 
     # ------------------------------------------------------------------------------------------ pieces
 
@@ -286,6 +214,7 @@ class Trainer:
 
     def _reference_step(self, batches, z_gen, pen_states):
         """The plain-autograd copy's step on the same batches, noise and penalty points."""
+        # The critic and generator updates again, deliberately bare (no AMP, scaler, DDP or clipping): the copy.
         ref = self.reference
         gen, crit = ref["generator"], ref["critic"]
         for (real, z), state in zip(batches, pen_states):
@@ -305,7 +234,7 @@ class Trainer:
         worst = 0.0
         for mine, theirs in ((self.generator, self.reference["generator"]),
                              (self.critic, self.reference["critic"])):
-            for p, q in zip(_unwrap(mine).parameters(), theirs.parameters()):
+            for p, q in zip(unwrap(mine).parameters(), theirs.parameters()):
                 worst = max(worst, float((p.detach() - q.detach()).abs().max()))
         return worst
 
@@ -333,13 +262,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------- evaluation
 
     def evaluator(self):
+        """The run's evaluation.Evaluator (built on first use: its real reference takes a moment)."""
         if self._evaluator is None:
-            self._evaluator = Evaluator(self.config["dataset"], self.sampler)
+            self._evaluator = evaluation.Evaluator(self.config["dataset"], self.sampler)
         return self._evaluator
 
     def generate(self, n, generator):
         """(n, *) samples of the generator (eval mode, no autograd), on the CPU in float32."""
-        gen = _unwrap(self.generator)
+        gen = unwrap(self.generator)
         with torch.no_grad():
             out = [gen(self.noise(min(512, n - i), generator)).float().cpu() for i in range(0, n, 512)]
         return torch.cat(out)
@@ -347,42 +277,9 @@ class Trainer:
     def evaluate(self):
         """The dataset's sample-quality metric now: {"w1"} (toy), {"frechet"} (digits) or {"js1".."js4",
         "samples"} (text)."""
-        g = torch.Generator().manual_seed(self.config["seed"] * 1_000_003 + self.step)
-        return self.evaluator()(self, g)
+        return self.evaluator()(self, evaluation.generator_at(self.config["seed"], self.step))
 
     # ---------------------------------------------------------------------------------------- the loop
-
-    def _prepare_out(self, resume, overwrite):
-        path = self.out / CHECKPOINT
-        if resume:
-            if not path.exists():
-                raise UsageError(f"--resume: {path} does not exist (nothing to resume)")
-            self.load(path)
-        existing = path.exists() or (self.out / METRICS).exists()
-        if self.world > 1:
-            # Every process looks before rank 0 writes anything, so all of them see the same directory and
-            # all of them stop on a refusal (none is left waiting in a collective).
-            dist.barrier()
-        if existing and not resume:
-            if not overwrite:
-                raise UsageError(f"{self.out} already holds a run; pass --resume to continue it, --overwrite "
-                                 f"to start again, or choose another --out")
-            if self.main:
-                for name in (CHECKPOINT, METRICS, "samples.png", "samples.txt"):
-                    (self.out / name).unlink(missing_ok=True)
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            lines = []
-            if resume and (self.out / METRICS).exists():
-                for line in (self.out / METRICS).read_text().splitlines():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue           # a line cut short by a crash
-                    if record.get("step", math.inf) <= self.step:
-                        lines.append(line)
-                        self.history.append(record)
-            (self.out / METRICS).write_text("".join(line + "\n" for line in lines))
 
     def _log(self, record):
         self.history.append(record)
@@ -463,14 +360,20 @@ class Trainer:
             print(f"stopped after step {self.step}; the checkpoint is in {self.out}: --resume continues")
         return self.history
 
+    def latest(self, key):
+        """The newest value of `key` in the logged records (history), or None if none has one."""
+        for record in reversed(self.history):
+            if record.get(key) is not None:
+                return record[key]
+        return None
+
     def _postfix(self):
         post = {short: f"{self.last[k]:.3g}" for k, short in (("d_loss", "d"), ("g_loss", "g"), ("wasserstein", "W"))
                 if k in self.last}
         for key in ("w1", "frechet", "js4"):
-            for record in reversed(self.history):
-                if record.get(key) is not None:
-                    post[key] = f"{record[key]:.3g}"
-                    break
+            value = self.latest(key)
+            if value is not None:
+                post[key] = f"{value:.3g}"
         return post
 
     def _stop_flag(self, over_budget=False, diverged=False):
@@ -488,133 +391,17 @@ class Trainer:
     # ------------------------------------------------------------------------------------ checkpoints
 
     def state(self):
-        rng = {k: g.get_state().cpu() for k, g in self.rng.items()}
-        if self.world > 1:
-            gathered = [None] * self.world
-            dist.all_gather_object(gathered, rng)
-        else:
-            gathered = [rng]
-        state = dict(format=FORMAT, version=VERSION, config=self.config, step=self.step,
-                     train_seconds=self.train_seconds, world_size=self.world,
-                     generator=_unwrap(self.generator).state_dict(), critic=_unwrap(self.critic).state_dict(),
-                     opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(),
-                     penalty=None if self.penalty is None else self.penalty.state_dict(),
-                     scalers=None if self.scalers is None else {k: s.state_dict() for k, s in self.scalers.items()},
-                     rng=gathered, reference=None)
-        if self.reference is not None:
-            ref = self.reference
-            state["reference"] = dict(generator=ref["generator"].state_dict(), critic=ref["critic"].state_dict(),
-                                      opt_g=ref["opt_g"].state_dict(), opt_d=ref["opt_d"].state_dict(),
-                                      calls=ref["penalty"].calls)
-        return state
+        """The checkpoint dict (checkpoint.state); under DDP every process must call it."""
+        return checkpoint.state(self)
 
     def save(self, path):
-        state = self.state()                 # every process joins the gather
-        if not self.main:
-            return
-        path = pathlib.Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)                # a crash mid-save leaves the previous checkpoint intact
+        """Write a checkpoint to `path` (checkpoint.save); under DDP every process must call it."""
+        checkpoint.save(self, path)
 
     def load(self, path):
-        state = read_checkpoint(path)
-        check_compatible(state, self.config, self.world)
-        try:
-            _unwrap(self.generator).load_state_dict(state["generator"])
-            _unwrap(self.critic).load_state_dict(state["critic"])
-            self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
-            if self.penalty is not None:
-                self.penalty.load_state_dict(state["penalty"])
-            if self.scalers is not None and state["scalers"] is not None:
-                for k, s in self.scalers.items():
-                    s.load_state_dict(state["scalers"][k])
-            for k, g in self.rng.items():
-                g.set_state(state["rng"][self.rank][k].to(g.get_state().device))
-            if self.reference is not None:
-                ref, saved = self.reference, state["reference"]
-                for k in ("generator", "critic", "opt_g", "opt_d"):
-                    ref[k].load_state_dict(saved[k])
-                ref["penalty"].calls = saved["calls"]
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-            raise UsageError(f"{path} does not match this run's models ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200]})") from None
-        self.step = state["step"]
-        self.train_seconds = state["train_seconds"]
-
-
-def read_checkpoint(path):
-    """The checkpoint dict, or UsageError with one line saying why it cannot be used."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:                   # truncated, not a torch file, unpickling refused, ...
-        raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a gpkernels trainer checkpoint")
-    if state.get("version") != VERSION:
-        raise UsageError(f"{path} has checkpoint version {state.get('version')}; this gpkernels reads "
-                         f"version {VERSION}")
-    return state
-
-
-def check_compatible(state, config, world):
-    saved = state["config"]
-    for key, value in config.items():
-        if key in RESUMABLE:
-            continue
-        if saved.get(key) != value:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"the checkpoint was trained with {flag} {saved.get(key)!r}, this run asks for "
-                             f"{value!r}; resume with the same settings (only {', '.join(RESUMABLE)} may change)")
-    if state["world_size"] != world:
-        raise UsageError(f"the checkpoint was written by {state['world_size']} process(es); resume it with the "
-                         f"same number (got {world})")
-    if config["steps"] < state["step"]:
-        raise UsageError(f"--steps {config['steps']} is below the checkpoint's step {state['step']}")
+        """Continue from the checkpoint at `path` (checkpoint.load): UsageError if it does not fit this run."""
+        checkpoint.load(self, path)
 
 
 def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-# ----------------------------------------------------------------------------------------- evaluation
-
-class Evaluator:
-    """The dataset metric, with its fixed real reference built once per process."""
-
-    TOY_SAMPLES = 1000
-    DIGIT_SAMPLES = 1000
-    TEXT_SAMPLES = 1024
-
-    _frechet = None                          # the digit classifier, shared by every trainer of a process
-
-    def __init__(self, dataset, sampler):
-        self.group = dataset_group(dataset)
-        self.sampler = sampler
-        if self.group == "toy":
-            # Two real samples of the same size are not at W1 = 0: this is what a perfect generator scores.
-            g = torch.Generator().manual_seed(12345)
-            self.floor = metrics.w1(sampler.sample(self.TOY_SAMPLES, g).float().cpu(),
-                                    sampler.sample(self.TOY_SAMPLES, g).float().cpu())
-        elif self.group == "digits":
-            if Evaluator._frechet is None:
-                s = sampler
-                Evaluator._frechet = metrics.DigitsFrechet(s.train, s.train_labels, s.heldout, s.heldout_labels)
-            self.frechet = Evaluator._frechet
-        elif self.group == "text":
-            g = torch.Generator().manual_seed(12345)
-            self.reference = sampler.strings(sampler.windows(sampler.heldout_codes, self.TEXT_SAMPLES, g))
-            train = sampler.strings(sampler.windows(sampler.train_codes, self.TEXT_SAMPLES, g))
-            self.floor = metrics.ngram_js(train, self.reference)
-
-    def __call__(self, trainer, generator):
-        if self.group == "toy":
-            fake = trainer.generate(self.TOY_SAMPLES, generator)
-            real = self.sampler.sample(self.TOY_SAMPLES, generator).float().cpu()
-            return dict(w1=metrics.w1(fake, real))
-        if self.group == "digits":
-            return dict(frechet=self.frechet(trainer.generate(self.DIGIT_SAMPLES, generator)))
-        strings = self.sampler.decode(trainer.generate(self.TEXT_SAMPLES, generator))
-        return dict(metrics.ngram_js(strings, self.reference), samples=strings[:8])

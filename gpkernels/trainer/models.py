@@ -6,6 +6,8 @@ the substitute, optional for the digits critic).
     digits   G: (B, 64) noise -> (B, 1, 8, 8)     D: (B, 1, 8, 8) -> (B,)     conv nets, LeakyReLU critic
     text     G: (B, 128) noise -> (B, V, L) softmax over V per position     D: (B, V, L) -> (B,)
              1-D conv residual nets (Gulrajani et al. 2017, section 5.3)
+
+`unwrap` gives the plain module behind a DistributedDataParallel wrapper (the trainer's nets under torchrun).
 """
 
 import torch
@@ -126,3 +128,9 @@ def build(config, vocab=None):
         return (TextGenerator(vocab, 32, config["width"], config["depth"], config["noise"]),
                 TextCritic(vocab, 32, config["width"], config["depth"]), config["noise"])
     raise ValueError(f"unknown dataset {name!r}")
+
+
+def unwrap(module):
+    """The module itself, or the one a DistributedDataParallel wrapper holds (its parameters and state_dict
+    without the wrapper's "module." prefix)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module

@@ -1,8 +1,9 @@
-"""Matplotlib helpers shared by the trainer's sample figure and the experiments."""
+"""Matplotlib helpers shared by the trainer's sample figure and the experiments: `pyplot` (the package's one
+way to get a file-only pyplot; the benchmarks use it too), `critic_contour` (toy sets) and `digit_grid`."""
 
 import torch
 
-from .loop import _unwrap
+from .models import unwrap
 
 
 def pyplot():
@@ -28,7 +29,7 @@ def critic_contour(ax, trainer, generator, n=500, grid=120):
     ys = torch.linspace(float(lo[1]), float(hi[1]), grid)
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
     points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
-    critic = _unwrap(trainer.critic)
+    critic = unwrap(trainer.critic)
     with torch.no_grad():
         values = critic(points.to(trainer.device, trainer.dtype)).float().cpu().reshape(grid, grid)
     filled = ax.contourf(gx.numpy(), gy.numpy(), values.numpy(), levels=20, cmap="viridis", alpha=0.85)
