@@ -1,4 +1,4 @@
-"""The reference WGAN trainer (gpkernels/trainer/, `python -m gpkernels.train`): every dataset x regulariser
+"""The reference WGAN trainer (gpkernels/trainer/, `python -m gpkernels train`): every dataset x regulariser
 runs, a stopped-and-resumed run equals an uninterrupted one bit for bit (Ctrl-C included), --compare-reference
 agrees with plain autograd, bad options and checkpoints give one line and exit status 2, and under torchrun
 the DDP critic's gradients equal one process on the whole batch.
@@ -282,7 +282,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
     stopped = tmp_path / "stopped"
     log = tmp_path / "stdout.txt"
     with open(log, "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "gpkernels.train", *common, "--steps", "100000",
+        proc = subprocess.Popen([sys.executable, "-m", "gpkernels", "train", *common, "--steps", "100000",
                                  "--out", str(stopped)], stdout=stdout, stderr=stderr, env=env(), cwd=tmp_path)
         try:
             deadline = time.monotonic() + 60
@@ -402,7 +402,7 @@ def _error(capsys, argv):
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 1, captured.err
-    assert lines[0].startswith("gpkernels-train: error: ") and "Traceback" not in captured.err
+    assert lines[0].startswith("python -m gpkernels train: error: ") and "Traceback" not in captured.err
     return lines[0]
 
 
@@ -437,7 +437,7 @@ OPTION_ERRORS = [
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
     pytest.param(TOYGP + ["--device", "tpu"], ["--device"], id="device-unknown"),
     pytest.param(TOYGP + ["--backend", "triton"], ["--backend triton"], id="backend-triton-cpu",
-                 marks=pytest.mark.skipif(backends.triton_interpreted() or torch.cuda.is_available(),
+                 marks=pytest.mark.skipif(backends.triton.interpreted() or torch.cuda.is_available(),
                                           reason="Triton is interpreted in this session (conftest sets "
                                                  "TRITON_INTERPRET=1 without a GPU): see the subprocess test")),
     pytest.param(TOYGP + ["--resume", "--overwrite"], ["--resume", "--overwrite"], id="resume-and-overwrite"),
@@ -458,12 +458,12 @@ def test_triton_on_cpu_without_the_interpreter_is_a_usage_error(tmp_path):
         pytest.skip("a GPU is here: triton serves it")
     e = env()
     e.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, "-m", "gpkernels.train", *TOYGP, "--backend", "triton",
+    proc = subprocess.run([sys.executable, "-m", "gpkernels", "train", *TOYGP, "--backend", "triton",
                            "--out", str(tmp_path / "run"), "--no-progress"],
                           capture_output=True, text=True, env=e, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gpkernels-train: error: --backend triton"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("python -m gpkernels train: error: --backend triton"), proc.stderr
     assert "TRITON_INTERPRET" in lines[0] or "not installed" in lines[0]
 
 
@@ -599,7 +599,7 @@ def test_ddp_critic_gradients_equal_one_process_on_the_whole_batch(tmp_path):
 
 def test_torchrun_cli(tmp_path, capsys):
     out = tmp_path / "run"
-    _torchrun(["-m", "gpkernels.train", "--dataset", "8gaussians", "--steps", 3, "--width", 16, "--depth", 1,
+    _torchrun(["-m", "gpkernels", "train", "--dataset", "8gaussians", "--steps", 3, "--width", 16, "--depth", 1,
                "--critic-depth", 1, "--batch-size", 8, "--n-critic", 2, "--no-progress", "--threads", 1,
                "--log-every", 1, "--out", out], tmp_path)
     assert [r["step"] for r in records(out)] == [1, 2, 3]

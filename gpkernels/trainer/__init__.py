@@ -1,6 +1,6 @@
 """The reference WGAN trainer, one job per module:
 
-    cli.py           `python -m gpkernels.train` / `gpkernels-train`: the command line, the run's summary and samples
+    cli.py           `python -m gpkernels train`: the command line, the run's summary and samples
     config.py        the options, the paper's defaults per dataset and regulariser, the usage checks
     data.py          the datasets: toy 2-D sets, 8x8 digits, character text
     models.py        the generators and critics (and `unwrap` for DDP-wrapped nets)
@@ -11,7 +11,7 @@
     evaluation.py    the Evaluator: each dataset's sample-quality metric on a trainer's generator
     metrics.py       the metrics themselves: exact W1, the digits Frechet distance, n-gram JS divergences
     plots.py         matplotlib helpers (pyplot, critic contours, digit grids)
-    experiments.py   `python -m gpkernels.experiments`: the WGAN-GP paper's findings as figures and a report
+    experiments.py   `python -m gpkernels experiments`: the WGAN-GP paper's findings as figures and a report
 """
 
 from .config import PENALTIES, REGULARIZERS, UsageError, resolve

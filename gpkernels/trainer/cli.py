@@ -1,4 +1,4 @@
-"""`python -m gpkernels.train` / `gpkernels-train`: the command line of the reference trainer."""
+"""`python -m gpkernels train`: the command line of the reference trainer."""
 
 import pathlib
 import sys
@@ -14,9 +14,12 @@ def _default_out(given):
     return pathlib.Path("runs") / f"{given['dataset']}-{given.get('regularizer') or 'gp'}-seed{given.get('seed') or 0}"
 
 
-def build(argv=None):
+PROG = "python -m gpkernels train"
+
+
+def build(argv=None, prog=PROG):
     """(Trainer, args) from a command line; raises config.UsageError for a bad one."""
-    args = cfg.parser().parse_args(argv)
+    args = cfg.parser(prog).parse_args(argv)
     given = cfg.given_from_args(args)
     if args.threads is not None:
         if args.threads < 1:
@@ -96,16 +99,15 @@ def write_samples(trainer):
     plt.close(fig)
 
 
-def main(argv=None):
+def main(argv=None, prog=PROG):
     """The command line; returns the exit status (0, or 2 for a usage error)."""
     with flushed_denormals():                # weight clipping's subnormal floats: see there
-        return _main(argv)
+        return _main(argv, prog)
 
 
-def _main(argv):
-    prog = "gpkernels-train"
+def _main(argv, prog):
     try:
-        trainer, args = build(argv)
+        trainer, args = build(argv, prog)
     except cfg.UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -136,7 +136,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
-def parser(prog="gpkernels-train"):
+def parser(prog="python -m gpkernels train"):
     p = _Parser(
         prog=prog,
         description="Train a WGAN with a chosen Lipschitz regulariser on a toy 2-D set, 8x8 digits or "

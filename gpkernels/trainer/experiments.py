@@ -1,4 +1,4 @@
-"""`python -m gpkernels.experiments NAME --out DIR [--quick]`: the WGAN-GP paper's findings, re-run with the
+"""`python -m gpkernels experiments NAME --out DIR [--quick]`: the WGAN-GP paper's findings, re-run with the
 reference trainer, as PNG figures and DIR/report.md (figures embedded, numbers in tables, DIR/summary.json).
 
     weights      critic weight histograms after training, clip vs GP (clipping piles weights up at +-c)
@@ -384,8 +384,8 @@ def write_report(out, sections, quick, elapsed):
                                                  default=float))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gpkernels.experiments", description=__doc__,
+def main(argv=None, prog="python -m gpkernels experiments"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=NAMES + ("all",))
     p.add_argument("--out", required=True, metavar="DIR", help="where the PNGs, report.md and summary.json go")
