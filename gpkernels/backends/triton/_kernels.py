@@ -141,6 +141,16 @@ def _cast_out(x, DTYPE: tl.constexpr, EMULATE_BF16_RNE: tl.constexpr):
 # Kernels
 # ----------------------------------------------------------------------------------------------------------
 
+@triton.jit
+def _program_span(N, CHUNK, BLOCK: tl.constexpr):
+    # The (row, chunk) program's share of a (B, N) row tensor: its row, the row's first element (int64: B*N
+    # may exceed 2**31), the chunk's first column, the chunk's length (the last chunk of a row may be short)
+    # and the lanes of one vector step.
+    row = tl.program_id(0).to(tl.int64)
+    start = tl.program_id(1).to(tl.int64) * CHUNK
+    return row, row * N, start, tl.minimum(N - start, CHUNK), tl.arange(0, BLOCK)
+
+
 RED_SUMSQ = 0  # part 0 = sum g^2                                   (penalty_forward)
 RED_SUMSQ_DOT = 1  # part 0 = sum g^2, part 1 = sum g*v             (penalty_double_backward)
 RED_INTERP = 2  # part 0 = sum (real - fake)*grad, + alpha-scaled grads (interp_backward)
@@ -164,17 +174,12 @@ def _row_reduce_kernel(
     BLOCK: tl.constexpr,  # elements per vector step, a power of two
     EMULATE_BF16_RNE: tl.constexpr,  # round bf16 stores in software (interpreter only)
 ):
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1).to(tl.int64)
-    row_off = row * N  # int64: B*N may exceed 2**31
-    start = chunk * CHUNK
-    lanes = tl.arange(0, BLOCK)
+    row, row_off, start, n_here, lanes = _program_span(N, CHUNK, BLOCK)
     acc0 = tl.zeros([BLOCK], dtype=ACC)
     acc1 = tl.zeros([BLOCK], dtype=ACC)
     if MODE == 2:
         a = tl.load(alpha_ptr + row).to(ACC)
         one_minus_a = 1.0 - a
-    n_here = tl.minimum(N - start, CHUNK)  # the last chunk of a row may be short
     for it in range(0, n_here, BLOCK):
         col = start + it + lanes
         mask = col < N
@@ -193,7 +198,7 @@ def _row_reduce_kernel(
             tl.store(out_y_ptr + offs, _cast_out(a * x, out_y_ptr.dtype.element_ty, EMULATE_BF16_RNE), mask=mask)
             tl.store(out_z_ptr + offs, _cast_out(one_minus_a * x, out_z_ptr.dtype.element_ty, EMULATE_BF16_RNE),
                      mask=mask)
-    pidx = row * nchunks + chunk
+    pidx = row * nchunks + tl.program_id(1)
     tl.store(part_ptr + pidx, tl.sum(acc0, axis=0))
     if MODE == 1:
         tl.store(part_ptr + part_stride + pidx, tl.sum(acc1, axis=0))
@@ -279,18 +284,13 @@ def _rows_axpby_kernel(
     BLOCK: tl.constexpr,  # elements per vector step, a power of two
     EMULATE_BF16_RNE: tl.constexpr,  # round bf16 stores in software (interpreter only)
 ):
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1).to(tl.int64)
-    row_off = row * N  # int64: B*N may exceed 2**31
-    start = chunk * CHUNK
-    lanes = tl.arange(0, BLOCK)
+    row, row_off, start, n_here, lanes = _program_span(N, CHUNK, BLOCK)
     a = tl.load(a_ptr + row).to(ACC)
     if HAS_Y:
         if B_IS_ONE_MINUS_A:
             b = 1.0 - a
         else:
             b = tl.load(b_ptr + row).to(ACC)
-    n_here = tl.minimum(N - start, CHUNK)  # the last chunk of a row may be short
     for it in range(0, n_here, BLOCK):
         col = start + it + lanes
         mask = col < N
