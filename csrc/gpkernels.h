@@ -16,7 +16,8 @@
 
 namespace gpkernels {
 
-// The scalar arguments of the penalty ops, as the schema gives them.
+// The scalar arguments of the penalty ops, as the schema gives them. Only the penalty_forward op checks the
+// ranges below (see csrc/ops.cpp); the kernels stay memory-safe whatever the values.
 struct PenaltyScalars {
   double target;     // t >= 0
   double weight;     // w >= 0

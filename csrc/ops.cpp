@@ -49,37 +49,46 @@ at::Tensor rows_like(const at::Tensor& t, const at::Tensor& ref) {
 
 at::ScalarType accum_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-void check_rows(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() >= 1, "gpkernels: ", name, " must have a batch dimension (got a 0-d tensor)");
-  TORCH_CHECK(t.size(0) >= 1, "gpkernels: ", name, " has an empty batch (size(0) == 0)");
+// Input checks. They raise the Python exception types of the front end (gpkernels/_checks.py): TypeError
+// (TORCH_CHECK_TYPE) for a wrong dtype, ValueError (TORCH_CHECK_VALUE) for a wrong shape, batch, device or
+// scalar value, each message naming the op and the argument: "gpkernels::interp: fake must ...".
+void check_rows(const char* op, const at::Tensor& t, const char* name) {
   const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, "gpkernels: ",
-              name, " must be float32, float64, float16 or bfloat16, got ", dt);
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, op, ": ",
+                   name, " must be float32, float64, float16 or bfloat16, got ", dt);
+  TORCH_CHECK_VALUE(t.dim() >= 1, op, ": ", name, " must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK_VALUE(t.size(0) >= 1, op, ": ", name, " has an empty batch (shape ", t.sizes(), ")");
 }
 
-void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
-  TORCH_CHECK(t.sizes() == ref.sizes(), "gpkernels: ", name, " must have the shape of ", ref_name, " ",
-              ref.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "gpkernels: ", name, " must have the dtype of ", ref_name,
-              " (", ref.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), "gpkernels: ", name, " is on ", t.device(), " but ", ref_name,
-              " is on ", ref.device());
+void check_same(const char* op, const at::Tensor& t, const at::Tensor& ref, const char* name,
+                const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device());
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": ", name, " must have the shape of ", ref_name, " ",
+                    ref.sizes(), ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the dtype of ", ref_name, " (",
+                   ref.scalar_type(), "), got ", t.scalar_type());
 }
 
 // A per-sample vector: shape (B,), on ref's device, of the given dtype.
-void check_per_sample(const at::Tensor& t, const at::Tensor& ref, at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == ref.size(0), "gpkernels: ", name, " must have shape (",
-              ref.size(0), ",) (one value per sample), got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dtype, "gpkernels: ", name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), "gpkernels: ", name, " is on ", t.device(), " but the samples are on ",
-              ref.device());
+void check_per_sample(const char* op, const at::Tensor& t, const at::Tensor& ref, at::ScalarType dtype,
+                      const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == ref.size(0), op, ": ", name, " must have shape (", ref.size(0),
+                    ",) (one value per sample), got ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but the samples are on ",
+                    ref.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", t.scalar_type());
 }
 
-PenaltyScalars scalars(double target, bool one_sided, double weight, double inv_scale) {
-  TORCH_CHECK(std::isfinite(target) && target >= 0, "gpkernels: target must be finite and >= 0, got ", target);
-  TORCH_CHECK(std::isfinite(weight) && weight >= 0, "gpkernels: weight must be finite and >= 0, got ", weight);
-  TORCH_CHECK(std::isfinite(inv_scale) && inv_scale > 0, "gpkernels: inv_scale must be finite and > 0, got ",
-              inv_scale);
+// The penalty scalars are checked only by penalty_forward, the entry of the derivative chain:
+// penalty_backward and penalty_double_backward receive (through autograd) scalars the forward already
+// accepted, and a bad scalar there gives bad numbers, never an out-of-bounds access. Their tensor checks
+// stay: shapes, dtypes and devices are the kernels' memory-safety preconditions.
+PenaltyScalars checked_scalars(const char* op, double target, bool one_sided, double weight, double inv_scale) {
+  TORCH_CHECK_VALUE(std::isfinite(target) && target >= 0, op, ": target must be finite and >= 0, got ", target);
+  TORCH_CHECK_VALUE(std::isfinite(weight) && weight >= 0, op, ": weight must be finite and >= 0, got ", weight);
+  TORCH_CHECK_VALUE(std::isfinite(inv_scale) && inv_scale > 0, op, ": inv_scale must be finite and > 0, got ",
+                    inv_scale);
   return {target, weight, inv_scale, one_sided};
 }
 
@@ -91,9 +100,10 @@ PenaltyScalars scalars(double target, bool one_sided, double weight, double inv_
 #endif
 
 at::Tensor interp(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& alpha) {
-  check_rows(real, "real");
-  check_same(fake, real, "fake", "real");
-  check_per_sample(alpha, real, real.scalar_type(), "alpha");
+  constexpr const char* op = "gpkernels::interp";
+  check_rows(op, real, "real");
+  check_same(op, fake, real, "fake", "real");
+  check_per_sample(op, alpha, real, real.scalar_type(), "alpha");
   c10::OptionalDeviceGuard guard(real.device());
   const at::Tensor r = as_rows(real);
   const at::Tensor f = rows_like(fake, r);
@@ -105,10 +115,11 @@ at::Tensor interp(const at::Tensor& real, const at::Tensor& fake, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> interp_backward(const at::Tensor& grad, const at::Tensor& real,
                                                                const at::Tensor& fake, const at::Tensor& alpha) {
-  check_rows(grad, "grad");
-  check_same(real, grad, "real", "grad");
-  check_same(fake, grad, "fake", "grad");
-  check_per_sample(alpha, grad, grad.scalar_type(), "alpha");
+  constexpr const char* op = "gpkernels::interp_backward";
+  check_rows(op, grad, "grad");
+  check_same(op, real, grad, "real", "grad");
+  check_same(op, fake, grad, "fake", "grad");
+  check_per_sample(op, alpha, grad, grad.scalar_type(), "alpha");
   c10::OptionalDeviceGuard guard(grad.device());
   const at::Tensor g = as_rows(grad);
   const at::Tensor r = rows_like(real, g);
@@ -122,8 +133,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interp_backward(const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor> penalty_forward(const at::Tensor& grads, double target, bool one_sided,
                                                    double weight, double inv_scale) {
-  check_rows(grads, "grads");
-  const auto p = scalars(target, one_sided, weight, inv_scale);
+  constexpr const char* op = "gpkernels::penalty_forward";
+  check_rows(op, grads, "grads");
+  const auto p = checked_scalars(op, target, one_sided, weight, inv_scale);
   c10::OptionalDeviceGuard guard(grads.device());
   const auto opts = grads.options().dtype(accum_dtype(grads.scalar_type()));
   at::Tensor values = at::empty({grads.size(0)}, opts);
@@ -134,11 +146,12 @@ std::tuple<at::Tensor, at::Tensor> penalty_forward(const at::Tensor& grads, doub
 
 at::Tensor penalty_backward(const at::Tensor& grad_values, const at::Tensor& grads, const at::Tensor& norms,
                             double target, bool one_sided, double weight, double inv_scale) {
-  check_rows(grads, "grads");
+  constexpr const char* op = "gpkernels::penalty_backward";
+  check_rows(op, grads, "grads");
   const auto acc = accum_dtype(grads.scalar_type());
-  check_per_sample(grad_values, grads, acc, "grad_values");
-  check_per_sample(norms, grads, acc, "norms");
-  const auto p = scalars(target, one_sided, weight, inv_scale);
+  check_per_sample(op, grad_values, grads, acc, "grad_values");
+  check_per_sample(op, norms, grads, acc, "norms");
+  const PenaltyScalars p{target, weight, inv_scale, one_sided};  // checked by penalty_forward
   c10::OptionalDeviceGuard guard(grads.device());
   const at::Tensor g = as_rows(grads);
   at::Tensor dgrads = at::empty_like(g);
@@ -149,11 +162,12 @@ at::Tensor penalty_backward(const at::Tensor& grad_values, const at::Tensor& gra
 std::tuple<at::Tensor, at::Tensor> penalty_double_backward(const at::Tensor& v, const at::Tensor& grad_values,
                                                            const at::Tensor& grads, double target,
                                                            bool one_sided, double weight, double inv_scale) {
-  check_rows(grads, "grads");
-  check_same(v, grads, "v", "grads");
+  constexpr const char* op = "gpkernels::penalty_double_backward";
+  check_rows(op, grads, "grads");
+  check_same(op, v, grads, "v", "grads");
   const auto acc = accum_dtype(grads.scalar_type());
-  check_per_sample(grad_values, grads, acc, "grad_values");
-  const auto p = scalars(target, one_sided, weight, inv_scale);
+  check_per_sample(op, grad_values, grads, acc, "grad_values");
+  const PenaltyScalars p{target, weight, inv_scale, one_sided};  // checked by penalty_forward
   c10::OptionalDeviceGuard guard(grads.device());
   const at::Tensor g = as_rows(grads);
   const at::Tensor vr = rows_like(v, g);

@@ -57,23 +57,55 @@ def test_explicit_backend_that_cannot_serve_the_input_raises_with_reasons():
         gpkernels.penalty(x, backend="cuda")
 
 
-@pytest.mark.parametrize("op,args,match", [
-    ("interp", (torch.randn(4, 3), torch.randn(4, 2), torch.rand(4)), "fake must have the shape"),
-    ("interp", (torch.randn(4, 3), torch.randn(4, 3), torch.rand(3)), "alpha must have shape"),
-    ("interp", (torch.randn(4, 3), torch.randn(4, 3), torch.rand(4).double()), "alpha must be"),
-    ("penalty_forward", (torch.randn(0, 3), 1.0, False, 1.0, 1.0), "empty batch"),
-    ("penalty_forward", (torch.randn(2, 3), -1.0, False, 1.0, 1.0), "target must be finite and >= 0"),
-    ("penalty_forward", (torch.randn(2, 3), 1.0, False, 1.0, 0.0), "inv_scale must be finite and > 0"),
-    ("penalty_backward", (torch.rand(3), torch.randn(2, 3), torch.rand(2), 1.0, False, 1.0, 1.0),
-     "grad_values must have shape"),
-    ("penalty_backward", (torch.rand(2).double(), torch.randn(2, 3), torch.rand(2), 1.0, False, 1.0, 1.0),
-     "grad_values must be"),
-    ("penalty_double_backward", (torch.randn(2, 4), torch.rand(2), torch.randn(2, 3), 1.0, False, 1.0, 1.0),
-     "v must have the shape"),
+g23, v23, gv2 = torch.randn(2, 3), torch.randn(2, 3), torch.rand(2)
+i23 = torch.ones(2, 3, dtype=torch.int64)
+
+
+# The compiled ops (torch.ops.gpkernels, csrc/ops.cpp) and the Triton ops raise what the public functions raise:
+# TypeError for a dtype, ValueError for a shape, batch, device or value, named "<namespace>::<op>: <argument> ...".
+@pytest.mark.parametrize("op,args,error,match", [
+    ("interp", (torch.randn(4, 3), torch.randn(4, 2), torch.rand(4)), ValueError, "fake must have the shape"),
+    ("interp", (torch.randn(4, 3), torch.randn(4, 3), torch.rand(3)), ValueError, "alpha must have shape"),
+    ("interp", (torch.randn(4, 3), torch.randn(4, 3), torch.rand(4).double()), TypeError, "alpha must be"),
+    ("interp", (i23, i23, gv2), TypeError, "real must be float32, float64, float16 or bfloat16"),
+    ("interp_backward", (g23, v23, v23.double(), gv2), TypeError, "fake must have the dtype of grad"),
+    ("interp_backward", (g23, torch.randn(3, 3), v23, gv2), ValueError, "real must have the shape of grad"),
+    ("penalty_forward", (torch.randn(0, 3), 1.0, False, 1.0, 1.0), ValueError, "grads has an empty batch"),
+    ("penalty_forward", (torch.tensor(1.0), 1.0, False, 1.0, 1.0), ValueError, "grads must have a batch dimension"),
+    ("penalty_forward", (i23, 1.0, False, 1.0, 1.0), TypeError, "grads must be float32, float64, float16 or bfloat16"),
+    ("penalty_forward", (g23, -1.0, False, 1.0, 1.0), ValueError, "target must be finite and >= 0"),
+    ("penalty_forward", (g23, float("nan"), False, 1.0, 1.0), ValueError, "target must be finite"),
+    ("penalty_forward", (g23, 1.0, False, -10.0, 1.0), ValueError, "weight must be finite and >= 0"),
+    ("penalty_forward", (g23, 1.0, False, float("inf"), 1.0), ValueError, "weight must be finite"),
+    ("penalty_forward", (g23, 1.0, False, 1.0, 0.0), ValueError, "inv_scale must be finite and > 0"),
+    ("penalty_backward", (torch.rand(3), g23, gv2, 1.0, False, 1.0, 1.0), ValueError, "grad_values must have shape"),
+    ("penalty_backward", (gv2.double(), g23, gv2, 1.0, False, 1.0, 1.0), TypeError, "grad_values must be"),
+    ("penalty_backward", (gv2, g23, gv2.half(), 1.0, False, 1.0, 1.0), TypeError, "norms must be"),
+    ("penalty_backward", (gv2, i23, gv2, 1.0, False, 1.0, 1.0), TypeError, "grads must be float32"),
+    ("penalty_double_backward", (torch.randn(2, 4), gv2, g23, 1.0, False, 1.0, 1.0), ValueError,
+     "v must have the shape of grads"),
+    ("penalty_double_backward", (v23.double(), gv2, g23, 1.0, False, 1.0, 1.0), TypeError,
+     "v must have the dtype of grads"),
+    ("penalty_double_backward", (v23, gv2.double(), g23, 1.0, False, 1.0, 1.0), TypeError, "grad_values must be"),
 ])
 @pytest.mark.parametrize("namespace", ["gpkernels", "gpkernels_triton"])
-def test_ops_check_their_inputs_too(namespace, op, args, match):
+def test_ops_check_their_inputs_too(namespace, op, args, error, match):
     if namespace == "gpkernels" and not gpkernels.backends.native.LOADED:
         pytest.skip("extension not loaded")
-    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+    with pytest.raises(error, match=f"{namespace}::{op}: {match}"):
         getattr(getattr(torch.ops, namespace), op)(*args)
+
+
+@pytest.mark.parametrize("op,args", [
+    ("penalty_backward", (gv2, g23, gv2, -1.0, False, float("nan"), 0.0)),
+    ("penalty_double_backward", (v23, gv2, g23, -1.0, False, float("nan"), 0.0)),
+])
+@pytest.mark.parametrize("namespace", ["gpkernels", "gpkernels_triton"])
+def test_derivative_ops_take_the_scalars_the_forward_checked(namespace, op, args):
+    """penalty_forward checks the scalars for the whole derivative chain; the backward ops of both namespaces
+    take them as given (a bad one gives bad numbers, never an out-of-bounds access) and check only their
+    tensors."""
+    if namespace == "gpkernels" and not gpkernels.backends.native.LOADED:
+        pytest.skip("extension not loaded")
+    out = getattr(getattr(torch.ops, namespace), op)(*args)
+    assert all(o.shape[0] == 2 for o in (out if isinstance(out, tuple) else (out,)))

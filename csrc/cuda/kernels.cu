@@ -2,13 +2,20 @@
 // CPU kernels; this file only decides how memory is walked.
 //
 // Two kinds of pass:
-//  - Row reductions use a 2-D grid (chunk of a row x row) so that even B = 1 fills the GPU. Each block
-//    writes one partial sum to a workspace [B, nchunks]; a finalize kernel (one warp per row) adds the
-//    partials in a fixed order and applies the per-row math. No atomics: results are deterministic.
+//  - Row reductions (interp_backward, penalty_forward, penalty_double_backward) share one partial-sum kernel
+//    and one finalize kernel, templated on a mode (see "Reduction modes"; the Triton backend has the same
+//    design). row_partials_kernel runs a 2-D grid (chunk of a row x row), so that even B = 1 fills the GPU,
+//    reads every input element once (writing the mode's elementwise outputs in the same pass) and writes one
+//    partial per (row, chunk) and summed quantity to a workspace [kParts, B, nchunks]. row_finalize_kernel
+//    (one warp per row) adds each row's partials in chunk order and runs the mode's per-row epilogue.
+//    No atomics: the results are deterministic on a given GPU (the chunking follows its SM count, so GPUs
+//    with different SM counts may round differently).
 //  - Elementwise passes use a 1-D grid-stride loop over all B*N elements.
-// Every block has kThreads threads (block_reduce_sum relies on it).
+// Grid sizes scale with the current device's SM count. Every block has kThreads threads (block_reduce_sum
+// relies on it).
 #include <ATen/Dispatch.h>
 #include <ATen/core/TensorBase.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/EmptyTensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -28,21 +35,24 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarpSize = 32;
 constexpr int kWarps = kThreads / kWarpSize;
-// About 8 resident blocks of kThreads per SM on a 132-SM H100: enough blocks in flight to saturate
-// memory bandwidth with B = 1.
-constexpr int64_t kTargetBlocks = 8 * 132;
-// A chunk this long amortises the block reduction and the partial's write.
+// About 8 resident blocks of kThreads per SM: enough in flight to saturate memory bandwidth with B = 1.
+constexpr int64_t kTargetBlocksPerSM = 8;
+// A chunk this long amortises the block reduction and the partials' writes.
 constexpr int64_t kMinChunk = 4096;
 constexpr int64_t kMaxChunks = 1024;
 constexpr int64_t kMaxGridY = 65535;  // hardware limit of gridDim.y; rows beyond it are looped over
 // Grid-stride loops need no more blocks than a few waves of the whole GPU.
-constexpr int64_t kMaxLoopBlocks = 32 * 132;
+constexpr int64_t kMaxLoopBlocksPerSM = 32;
 
 // float for float/half/bfloat16, double for double: the same type the CPU kernels accumulate in.
 template <typename scalar_t>
 using acc_t_of = math::accum_t<scalar_t>;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Multiprocessors of the current device, which the op wrapper's device guard has set (torch caches the
+// properties).
+inline int64_t sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
 // B samples of N elements each (see the layout contract in gpkernels.h).
 struct RowShape {
@@ -58,20 +68,22 @@ struct ReducePlan {
   int64_t chunk_len = 0;
   dim3 grid{1, 1, 1};
 
-  ReducePlan(int64_t B, int64_t N) {
-    if (N <= 0 || B <= 0) return;
-    int64_t n = std::min({ceil_div(kTargetBlocks, B), ceil_div(N, kMinChunk), kMaxChunks});
+  explicit ReducePlan(const RowShape& s) {
+    if (s.N <= 0 || s.B <= 0) return;
+    const int64_t target_blocks = kTargetBlocksPerSM * sm_count();
+    int64_t n = std::min({ceil_div(target_blocks, s.B), ceil_div(s.N, kMinChunk), kMaxChunks});
     n = std::max<int64_t>(n, 1);
-    chunk_len = ceil_div(N, n);
+    chunk_len = ceil_div(s.N, n);
     // Recomputed so that no chunk is empty: (nchunks - 1) * chunk_len < N.
-    nchunks = ceil_div(N, chunk_len);
-    grid = dim3(static_cast<unsigned>(nchunks), static_cast<unsigned>(std::min(B, kMaxGridY)), 1);
+    nchunks = ceil_div(s.N, chunk_len);
+    grid = dim3(static_cast<unsigned>(nchunks), static_cast<unsigned>(std::min(s.B, kMaxGridY)), 1);
   }
 };
 
 // Blocks for a grid-stride loop over `work` items, kThreads items per block per step.
 inline unsigned loop_blocks(int64_t work) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(work, kThreads), kMaxLoopBlocks)));
+  const int64_t cap = kMaxLoopBlocksPerSM * sm_count();
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(ceil_div(work, kThreads), cap)));
 }
 
 template <typename acc_t>
@@ -107,7 +119,7 @@ __device__ __forceinline__ acc_t warp_reduce_sum(acc_t v) {
 
 // Sum over the kThreads threads of a block; the result is valid in thread 0. Every thread of the block
 // must call it. It ends with a barrier after the last read of `shared`, so the caller may call it again
-// right away (e.g. for the next row) without racing on `shared`.
+// right away (e.g. for the next quantity or row) without racing on `shared`.
 template <typename acc_t>
 __device__ __forceinline__ acc_t block_reduce_sum(acc_t v, acc_t* shared) {
   const int lane = threadIdx.x % kWarpSize;
@@ -119,22 +131,6 @@ __device__ __forceinline__ acc_t block_reduce_sum(acc_t v, acc_t* shared) {
   __syncthreads();
   if (warp == 0) partial = warp_reduce_sum(partial);
   return partial;
-}
-
-// Sum of partials[0, nchunks) in a fixed order, by the 32 lanes of a warp; valid in lane 0.
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum_partials(const acc_t* partials, int64_t nchunks) {
-  acc_t s = acc_t(0);
-  for (int64_t c = threadIdx.x % kWarpSize; c < nchunks; c += kWarpSize) s += partials[c];
-  return warp_reduce_sum(s);
-}
-
-// Index of a warp across the grid, and the number of warps in the grid, for warp-per-row loops.
-__device__ __forceinline__ int64_t global_warp() {
-  return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
-}
-__device__ __forceinline__ int64_t grid_warps() {
-  return static_cast<int64_t>(gridDim.x) * blockDim.x / kWarpSize;
 }
 
 // Tracks (row, col) = (e / N, e % N) along a grid-stride loop with two divisions per thread instead of a
@@ -159,8 +155,9 @@ struct RowCursor {
 };
 
 // ---------------------------------------------------------------------------------------------------------
-// interp: out = a_i real + (1 - a_i) fake
+// Elementwise passes
 
+// interp: out = a_i real + (1 - a_i) fake
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     interp_kernel(const scalar_t* real, const scalar_t* fake, const scalar_t* alpha, scalar_t* out,
@@ -175,93 +172,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// interp_backward: g_real = a_i gx, g_fake = (1 - a_i) gx, g_alpha_i = <real_i - fake_i, gx_i>.
-// The elementwise writes happen in the reduction pass, so every input element is read once.
-// __restrict__ lets the unrolled loop issue its loads ahead of the previous iterations' stores; it holds
-// because the outputs (g_real, g_fake, the workspace) are fresh allocations of the op wrapper.
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    interp_backward_partials_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ real,
-                                    const scalar_t* __restrict__ fake, const scalar_t* __restrict__ alpha,
-                                    scalar_t* __restrict__ g_real, scalar_t* __restrict__ g_fake,
-                                    acc_t* __restrict__ partials, int64_t B, int64_t N, int64_t chunk_len) {
-  __shared__ acc_t shared[kWarps];
-  const int64_t chunk = blockIdx.x;
-  const int64_t nchunks = gridDim.x;
-  const int64_t begin = chunk * chunk_len;
-  const int64_t end = min64(N, begin + chunk_len);
-  for (int64_t row = blockIdx.y; row < B; row += gridDim.y) {
-    const int64_t base = row * N;
-    const acc_t a = static_cast<acc_t>(alpha[row]);
-    const acc_t b = acc_t(1) - a;
-    acc_t acc = acc_t(0);
-#pragma unroll 2  // 4 makes ptxas spill a register on sm_90 for half and bfloat16
-    for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
-      const int64_t e = base + j;
-      const acc_t gx = static_cast<acc_t>(grad[e]);
-      g_real[e] = static_cast<scalar_t>(a * gx);
-      g_fake[e] = static_cast<scalar_t>(b * gx);
-      acc += (static_cast<acc_t>(real[e]) - static_cast<acc_t>(fake[e])) * gx;
-    }
-    acc = block_reduce_sum(acc, shared);
-    if (threadIdx.x == 0) partials[row * nchunks + chunk] = acc;
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    interp_backward_finalize_kernel(const acc_t* partials, scalar_t* g_alpha, int64_t B, int64_t nchunks) {
-  for (int64_t row = global_warp(); row < B; row += grid_warps()) {
-    const acc_t s = warp_sum_partials(partials + row * nchunks, nchunks);
-    if (threadIdx.x % kWarpSize == 0) g_alpha[row] = static_cast<scalar_t>(s);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// penalty_forward: n_i = s ||g_i||, value_i = w d_i^2 (row_norm, row_value).
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    sumsq_partials_kernel(const scalar_t* grads, acc_t* partials, int64_t B, int64_t N, int64_t chunk_len) {
-  __shared__ acc_t shared[kWarps];
-  const int64_t chunk = blockIdx.x;
-  const int64_t nchunks = gridDim.x;
-  const int64_t begin = chunk * chunk_len;
-  const int64_t end = min64(N, begin + chunk_len);
-  for (int64_t row = blockIdx.y; row < B; row += gridDim.y) {
-    const scalar_t* g = grads + row * N;
-    acc_t acc = acc_t(0);
-#pragma unroll 4
-    for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
-      const acc_t x = static_cast<acc_t>(g[j]);
-      acc += x * x;
-    }
-    acc = block_reduce_sum(acc, shared);
-    if (threadIdx.x == 0) partials[row * nchunks + chunk] = acc;
-  }
-}
-
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    penalty_forward_finalize_kernel(const acc_t* partials, acc_t* values, acc_t* norms, int64_t B,
-                                    int64_t nchunks, math::PenaltyParams<acc_t> p) {
-  for (int64_t row = global_warp(); row < B; row += grid_warps()) {
-    const acc_t sumsq = warp_sum_partials(partials + row * nchunks, nchunks);
-    if (threadIdx.x % kWarpSize == 0) {
-      const acc_t n = math::row_norm(sumsq, p);
-      norms[row] = n;
-      values[row] = math::row_value(n, p);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // penalty_backward: dvalue_i/dg_i = c_i g_i with c_i = 2 w s d_i (s / n_i) (row_grad_coef; 0 where
 // ||g_i|| = 0, exactly 2 w s^2 where t = 0), so dgrads_i = gout_i c_i g_i. c_i comes from the forward's
 // norms: no reduction here.
-
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     penalty_backward_kernel(const acc_t* gout, const acc_t* norms, const scalar_t* grads, scalar_t* dgrads,
@@ -281,62 +194,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// penalty_double_backward. The backward is B(gout, g) = gout c(g) g; against an incoming v:
-//   dB/dgout_i = c_i <g_i, v_i>
-//   dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),  k_i = 2 w t s (s / n_i)^3  (row_second_coef;
-//                0 where t = 0, ||g_i|| = 0, or one-sided with n_i <= t)
-// n_i is recomputed from g (one pass gives both <g_i, v_i> and ||g_i||^2), then
-// d_grads_i = a_i v_i + b_i g_i with a_i = gout_i c_i, b_i = gout_i k_i <g_i, v_i>.
-
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    dot_sumsq_partials_kernel(const scalar_t* v, const scalar_t* grads, acc_t* dot_partials,
-                              acc_t* sumsq_partials, int64_t B, int64_t N, int64_t chunk_len) {
-  __shared__ acc_t shared[kWarps];
-  const int64_t chunk = blockIdx.x;
-  const int64_t nchunks = gridDim.x;
-  const int64_t begin = chunk * chunk_len;
-  const int64_t end = min64(N, begin + chunk_len);
-  for (int64_t row = blockIdx.y; row < B; row += gridDim.y) {
-    const int64_t base = row * N;
-    acc_t dot = acc_t(0);
-    acc_t sumsq = acc_t(0);
-#pragma unroll 4
-    for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
-      const acc_t g = static_cast<acc_t>(grads[base + j]);
-      dot += g * static_cast<acc_t>(v[base + j]);
-      sumsq += g * g;
-    }
-    dot = block_reduce_sum(dot, shared);
-    sumsq = block_reduce_sum(sumsq, shared);
-    if (threadIdx.x == 0) {
-      dot_partials[row * nchunks + chunk] = dot;
-      sumsq_partials[row * nchunks + chunk] = sumsq;
-    }
-  }
-}
-
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    penalty_double_backward_finalize_kernel(const acc_t* dot_partials, const acc_t* sumsq_partials,
-                                            const acc_t* gout, acc_t* d_gout, acc_t* coef_a, acc_t* coef_b,
-                                            int64_t B, int64_t nchunks, math::PenaltyParams<acc_t> p) {
-  for (int64_t row = global_warp(); row < B; row += grid_warps()) {
-    const acc_t dot = warp_sum_partials(dot_partials + row * nchunks, nchunks);
-    const acc_t sumsq = warp_sum_partials(sumsq_partials + row * nchunks, nchunks);
-    if (threadIdx.x % kWarpSize == 0) {
-      const acc_t n = math::row_norm(sumsq, p);
-      const acc_t c = math::row_grad_coef(n, p);
-      const acc_t k = math::row_second_coef(n, p);
-      const acc_t go = gout[row];
-      d_gout[row] = c * dot;
-      coef_a[row] = go * c;
-      coef_b[row] = go * k * dot;
-    }
-  }
-}
-
+// Second pass of penalty_double_backward: d_grads_i = a_i v_i + b_i g_i (a_i, b_i from DoubleBackwardMode).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     penalty_double_backward_apply_kernel(const acc_t* coef_a, const acc_t* coef_b, const scalar_t* v,
@@ -350,6 +208,175 @@ __global__ void __launch_bounds__(kThreads)
     d_grads[e] = static_cast<scalar_t>(a * static_cast<acc_t>(v[e]) + b * static_cast<acc_t>(grads[e]));
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Row reductions. A mode M gives M::scalar_t and M::acc_t, M::kParts (quantities summed per row), M::kUnroll
+// (unroll factor of the element loop), m.begin_row(row) (per-row set-up, e.g. alpha_i), m.add(rows, e, acc)
+// (element e of the row tensors into acc[0, kParts), writing the outputs of `rows` at e if any) and
+// m.finish(row, sums) (the per-row epilogue, run by one thread). The mode is passed by value.
+
+// The row tensors of a reduction: up to three read and two written element by element (null where a mode
+// has fewer). They reach row_partials_kernel as separate __restrict__ parameters, where nvcc honours the
+// qualifier (on struct members it does not): the unrolled loop may then issue its loads ahead of the
+// previous iterations' stores. It holds because the outputs are fresh allocations of the op wrapper.
+template <typename scalar_t>
+struct Rows {
+  const scalar_t *in0 = nullptr, *in1 = nullptr, *in2 = nullptr;
+  scalar_t *out0 = nullptr, *out1 = nullptr;
+};
+
+template <typename Mode, typename scalar_t = typename Mode::scalar_t, typename acc_t = typename Mode::acc_t>
+__global__ void __launch_bounds__(kThreads)
+    row_partials_kernel(Mode m, const scalar_t* __restrict__ in0, const scalar_t* __restrict__ in1,
+                        const scalar_t* __restrict__ in2, scalar_t* __restrict__ out0, scalar_t* __restrict__ out1,
+                        acc_t* __restrict__ partials, int64_t B, int64_t N, int64_t chunk_len) {
+  const Rows<scalar_t> rows{in0, in1, in2, out0, out1};
+  __shared__ acc_t shared[kWarps];
+  const int64_t chunk = blockIdx.x;
+  const int64_t nchunks = gridDim.x;
+  const int64_t begin = chunk * chunk_len;
+  const int64_t end = min64(N, begin + chunk_len);
+  for (int64_t row = blockIdx.y; row < B; row += gridDim.y) {
+    m.begin_row(row);
+    const int64_t base = row * N;
+    acc_t acc[Mode::kParts] = {};
+#pragma unroll(Mode::kUnroll)
+    for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) m.add(rows, base + j, acc);
+#pragma unroll
+    for (int q = 0; q < Mode::kParts; ++q) {
+      const acc_t s = block_reduce_sum(acc[q], shared);
+      if (threadIdx.x == 0) partials[(q * B + row) * nchunks + chunk] = s;
+    }
+  }
+}
+
+// One warp per row, summing each quantity's partials in a fixed order (lane l takes chunks l, l + 32, ...,
+// then a shuffle tree); partials may be null when nchunks == 0 (the sums are then 0).
+template <typename Mode, typename acc_t = typename Mode::acc_t>
+__global__ void __launch_bounds__(kThreads)
+    row_finalize_kernel(Mode m, const acc_t* __restrict__ partials, int64_t B, int64_t nchunks) {
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  for (int64_t row = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / kWarpSize; row < B;
+       row += warps) {
+    acc_t sums[Mode::kParts];
+#pragma unroll
+    for (int q = 0; q < Mode::kParts; ++q) {
+      const acc_t* part = partials + (q * B + row) * nchunks;
+      acc_t s = acc_t(0);
+      for (int64_t c = threadIdx.x % kWarpSize; c < nchunks; c += kWarpSize) s += part[c];
+      sums[q] = warp_reduce_sum(s);
+    }
+    if (threadIdx.x % kWarpSize == 0) m.finish(row, sums);
+  }
+}
+
+// Both passes of a row reduction on the current stream; `like` is a row tensor of the call.
+template <typename Mode, typename scalar_t = typename Mode::scalar_t, typename acc_t = typename Mode::acc_t>
+void reduce_rows(const Mode& m, const Rows<scalar_t>& r, const at::TensorBase& like) {
+  const RowShape shape(like);
+  const ReducePlan plan(shape);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::TensorBase ws;
+  acc_t* partials = nullptr;
+  if (plan.nchunks > 0) {
+    ws = make_workspace<acc_t>(like, Mode::kParts * shape.B * plan.nchunks);
+    partials = ws.mutable_data_ptr<acc_t>();
+    row_partials_kernel<Mode><<<plan.grid, kThreads, 0, stream>>>(m, r.in0, r.in1, r.in2, r.out0, r.out1, partials,
+                                                                  shape.B, shape.N, plan.chunk_len);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  row_finalize_kernel<Mode><<<loop_blocks(shape.B * kWarpSize), kThreads, 0, stream>>>(m, partials, shape.B,
+                                                                                      plan.nchunks);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reduction modes
+
+// interp_backward, rows (grad, real, fake -> g_real, g_fake): g_real = a_i gx, g_fake = (1 - a_i) gx,
+// g_alpha_i = <real_i - fake_i, gx_i>. The elementwise writes happen in the reduction pass, so every input
+// element is read once.
+template <typename T>
+struct InterpBackwardMode {
+  using scalar_t = T;
+  using acc_t = acc_t_of<T>;
+  static constexpr int kParts = 1;
+  static constexpr int kUnroll = 2;  // 4 made ptxas spill a register on sm_90 for half and bfloat16
+  const T* alpha;
+  T* g_alpha;
+  acc_t a = acc_t(0), b = acc_t(0);  // a_i and 1 - a_i of the current row
+
+  __device__ __forceinline__ void begin_row(int64_t row) {
+    a = static_cast<acc_t>(alpha[row]);
+    b = acc_t(1) - a;
+  }
+  __device__ __forceinline__ void add(const Rows<T>& r, int64_t e, acc_t (&acc)[kParts]) const {
+    const acc_t gx = static_cast<acc_t>(r.in0[e]);
+    r.out0[e] = static_cast<T>(a * gx);
+    r.out1[e] = static_cast<T>(b * gx);
+    acc[0] += (static_cast<acc_t>(r.in1[e]) - static_cast<acc_t>(r.in2[e])) * gx;
+  }
+  __device__ __forceinline__ void finish(int64_t row, const acc_t (&sums)[kParts]) const {
+    g_alpha[row] = static_cast<T>(sums[0]);
+  }
+};
+
+// penalty_forward, rows (grads): n_i = s ||g_i||, value_i = w d_i^2 (row_norm, row_value) from sum g^2.
+template <typename T>
+struct ForwardMode {
+  using scalar_t = T;
+  using acc_t = acc_t_of<T>;
+  static constexpr int kParts = 1;
+  static constexpr int kUnroll = 4;
+  acc_t *values, *norms;
+  math::PenaltyParams<acc_t> p;
+
+  __device__ __forceinline__ void begin_row(int64_t) {}
+  __device__ __forceinline__ void add(const Rows<T>& r, int64_t e, acc_t (&acc)[kParts]) const {
+    const acc_t x = static_cast<acc_t>(r.in0[e]);
+    acc[0] += x * x;
+  }
+  __device__ __forceinline__ void finish(int64_t row, const acc_t (&sums)[kParts]) const {
+    const acc_t n = math::row_norm(sums[0], p);
+    norms[row] = n;
+    values[row] = math::row_value(n, p);
+  }
+};
+
+// penalty_double_backward, rows (grads, v). The backward is B(gout, g) = gout c(g) g; against an incoming v:
+//   dB/dgout_i = c_i <g_i, v_i>
+//   dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),  k_i = 2 w t s (s / n_i)^3  (row_second_coef;
+//                0 where t = 0, ||g_i|| = 0, or one-sided with n_i <= t)
+// n_i is recomputed from g: one pass sums g^2 (part 0) and <g, v> (part 1). The epilogue writes
+// d_gout_i = c_i <g_i, v_i> and the coefficients of d_grads_i = a_i v_i + b_i g_i, a_i = gout_i c_i,
+// b_i = gout_i k_i <g_i, v_i>, which penalty_double_backward_apply_kernel applies.
+template <typename T>
+struct DoubleBackwardMode {
+  using scalar_t = T;
+  using acc_t = acc_t_of<T>;
+  static constexpr int kParts = 2;
+  static constexpr int kUnroll = 4;
+  const acc_t* gout;
+  acc_t *d_gout, *coef_a, *coef_b;
+  math::PenaltyParams<acc_t> p;
+
+  __device__ __forceinline__ void begin_row(int64_t) {}
+  __device__ __forceinline__ void add(const Rows<T>& r, int64_t e, acc_t (&acc)[kParts]) const {
+    const acc_t g = static_cast<acc_t>(r.in0[e]);
+    acc[0] += g * g;
+    acc[1] += g * static_cast<acc_t>(r.in1[e]);
+  }
+  __device__ __forceinline__ void finish(int64_t row, const acc_t (&sums)[kParts]) const {
+    const acc_t n = math::row_norm(sums[0], p);
+    const acc_t dot = sums[1];
+    const acc_t c = math::row_grad_coef(n, p);
+    const acc_t k = math::row_second_coef(n, p);
+    const acc_t go = gout[row];
+    d_gout[row] = c * dot;
+    coef_a[row] = go * c;
+    coef_b[row] = go * k * dot;
+  }
+};
 
 }  // namespace
 
@@ -374,50 +401,22 @@ void interp(const at::TensorBase& real, const at::TensorBase& fake, const at::Te
 void interp_backward(const at::TensorBase& grad, const at::TensorBase& real, const at::TensorBase& fake,
                      const at::TensorBase& alpha, const at::TensorBase& g_real, const at::TensorBase& g_fake,
                      const at::TensorBase& g_alpha) {
-  const RowShape shape(grad);
-  const ReducePlan plan(shape.B, shape.N);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GPK_DISPATCH(grad.scalar_type(), "gpkernels::interp_backward (cuda)", [&] {
-    using acc_t = acc_t_of<scalar_t>;
-    at::TensorBase ws;
-    acc_t* partials = nullptr;
-    if (plan.nchunks > 0) {
-      ws = make_workspace<acc_t>(grad, shape.B * plan.nchunks);
-      partials = ws.mutable_data_ptr<acc_t>();
-      interp_backward_partials_kernel<scalar_t, acc_t><<<plan.grid, kThreads, 0, stream>>>(
-          grad.const_data_ptr<scalar_t>(), real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(),
-          alpha.const_data_ptr<scalar_t>(), g_real.mutable_data_ptr<scalar_t>(),
-          g_fake.mutable_data_ptr<scalar_t>(), partials, shape.B, shape.N, plan.chunk_len);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    interp_backward_finalize_kernel<scalar_t, acc_t>
-        <<<loop_blocks(shape.B * kWarpSize), kThreads, 0, stream>>>(
-            partials, g_alpha.mutable_data_ptr<scalar_t>(), shape.B, plan.nchunks);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const Rows<scalar_t> rows{grad.const_data_ptr<scalar_t>(), real.const_data_ptr<scalar_t>(),
+                              fake.const_data_ptr<scalar_t>(), g_real.mutable_data_ptr<scalar_t>(),
+                              g_fake.mutable_data_ptr<scalar_t>()};
+    reduce_rows(InterpBackwardMode<scalar_t>{alpha.const_data_ptr<scalar_t>(), g_alpha.mutable_data_ptr<scalar_t>()},
+                rows, grad);
   });
 }
 
 void penalty_forward(const at::TensorBase& grads, const PenaltyScalars& scalars, const at::TensorBase& values,
                      const at::TensorBase& norms) {
-  const RowShape shape(grads);
-  const ReducePlan plan(shape.B, shape.N);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GPK_DISPATCH(grads.scalar_type(), "gpkernels::penalty_forward (cuda)", [&] {
     using acc_t = acc_t_of<scalar_t>;
-    const auto p = params_of<acc_t>(scalars);
-    at::TensorBase ws;
-    acc_t* partials = nullptr;
-    if (plan.nchunks > 0) {
-      ws = make_workspace<acc_t>(grads, shape.B * plan.nchunks);
-      partials = ws.mutable_data_ptr<acc_t>();
-      sumsq_partials_kernel<scalar_t, acc_t><<<plan.grid, kThreads, 0, stream>>>(
-          grads.const_data_ptr<scalar_t>(), partials, shape.B, shape.N, plan.chunk_len);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    penalty_forward_finalize_kernel<acc_t><<<loop_blocks(shape.B * kWarpSize), kThreads, 0, stream>>>(
-        partials, values.mutable_data_ptr<acc_t>(), norms.mutable_data_ptr<acc_t>(), shape.B, plan.nchunks,
-        p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const ForwardMode<scalar_t> m{values.mutable_data_ptr<acc_t>(), norms.mutable_data_ptr<acc_t>(),
+                                  params_of<acc_t>(scalars)};
+    reduce_rows(m, Rows<scalar_t>{grads.const_data_ptr<scalar_t>()}, grads);
   });
 }
 
@@ -429,10 +428,9 @@ void penalty_backward(const at::TensorBase& gout, const at::TensorBase& grads, c
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GPK_DISPATCH(grads.scalar_type(), "gpkernels::penalty_backward (cuda)", [&] {
     using acc_t = acc_t_of<scalar_t>;
-    const auto p = params_of<acc_t>(scalars);
     penalty_backward_kernel<scalar_t, acc_t><<<loop_blocks(total), kThreads, 0, stream>>>(
         gout.const_data_ptr<acc_t>(), norms.const_data_ptr<acc_t>(), grads.const_data_ptr<scalar_t>(),
-        dgrads.mutable_data_ptr<scalar_t>(), total, shape.N, p);
+        dgrads.mutable_data_ptr<scalar_t>(), total, shape.N, params_of<acc_t>(scalars));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -441,30 +439,16 @@ void penalty_double_backward(const at::TensorBase& v, const at::TensorBase& gout
                              const PenaltyScalars& scalars, const at::TensorBase& d_gout,
                              const at::TensorBase& d_grads) {
   const RowShape shape(grads);
-  const ReducePlan plan(shape.B, shape.N);
   const int64_t total = shape.total();
-  const int64_t np = shape.B * plan.nchunks;  // partials per reduced quantity
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GPK_DISPATCH(grads.scalar_type(), "gpkernels::penalty_double_backward (cuda)", [&] {
     using acc_t = acc_t_of<scalar_t>;
-    const auto p = params_of<acc_t>(scalars);
-    // Layout: [dot partials (np) | sumsq partials (np) | coef_a (B) | coef_b (B)]
-    at::TensorBase ws = make_workspace<acc_t>(grads, 2 * np + 2 * shape.B);
-    acc_t* dot_partials = ws.mutable_data_ptr<acc_t>();
-    acc_t* sumsq_partials = dot_partials + np;
-    acc_t* coef_a = sumsq_partials + np;
+    at::TensorBase coefs = make_workspace<acc_t>(grads, 2 * shape.B);  // [coef_a (B) | coef_b (B)]
+    acc_t* coef_a = coefs.mutable_data_ptr<acc_t>();
     acc_t* coef_b = coef_a + shape.B;
-    if (plan.nchunks > 0) {
-      dot_sumsq_partials_kernel<scalar_t, acc_t><<<plan.grid, kThreads, 0, stream>>>(
-          v.const_data_ptr<scalar_t>(), grads.const_data_ptr<scalar_t>(), dot_partials, sumsq_partials,
-          shape.B, shape.N, plan.chunk_len);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    penalty_double_backward_finalize_kernel<acc_t>
-        <<<loop_blocks(shape.B * kWarpSize), kThreads, 0, stream>>>(
-            dot_partials, sumsq_partials, gout.const_data_ptr<acc_t>(), d_gout.mutable_data_ptr<acc_t>(),
-            coef_a, coef_b, shape.B, plan.nchunks, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const DoubleBackwardMode<scalar_t> m{gout.const_data_ptr<acc_t>(), d_gout.mutable_data_ptr<acc_t>(), coef_a,
+                                         coef_b, params_of<acc_t>(scalars)};
+    reduce_rows(m, Rows<scalar_t>{grads.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>()}, grads);
     if (total > 0) {
       penalty_double_backward_apply_kernel<scalar_t, acc_t><<<loop_blocks(total), kThreads, 0, stream>>>(
           coef_a, coef_b, v.const_data_ptr<scalar_t>(), grads.const_data_ptr<scalar_t>(),
