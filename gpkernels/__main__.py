@@ -78,9 +78,13 @@ def _bench(argv):
               file=sys.stderr)
         return 2
     script = folder / f"bench_{argv[0]}.py"
+    saved = list(sys.argv), list(sys.path)
     sys.argv = [f"{PROG} bench {argv[0]}", *argv[1:]]
     sys.path.insert(0, str(folder))
-    runpy.run_path(str(script), run_name="__main__")
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = saved
     return 0
 
 

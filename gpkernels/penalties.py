@@ -462,13 +462,39 @@ def _preset(name, data, options, fixed, doc):
     spec_fields = {f.name for f in dataclasses.fields(PenaltySpec)}
     defaults = PenaltySpec(**{k: v for k, v in options.items() if k in spec_fields}, **fixed, where=where)
 
-    def penalty(*args, **kwargs):
+    names = [p.name for p in params[:1 + len(data)]]      # critic and the data tensors
+    named, keywords = frozenset(names), frozenset(options)
+    spec_options = tuple(k for k in options if k in spec_fields)
+    specs = {}                                             # checked specs by the fields a call gave
+
+    def bind(args, kwargs):
+        """{parameter: value} as signature.bind gives it; a fast path for the usual positional call."""
+        if len(args) >= len(names) and named.isdisjoint(kwargs):
+            a = dict(zip(names, args))
+            a["critic_args"] = args[len(names):]
+            a["critic_kwargs"] = passed = {}
+            for k, v in kwargs.items():
+                if k in keywords:
+                    a[k] = v
+                else:
+                    passed[k] = v
+            return a
         try:
-            a = signature.bind(*args, **kwargs).arguments
+            return signature.bind(*args, **kwargs).arguments
         except TypeError as e:      # a missing or surplus argument, named as Python names it
             raise TypeError(f"{where}: {e}") from None
-        given = {k: a[k] for k in options if k in spec_fields and k in a}
-        spec = dataclasses.replace(defaults, **given, where=where) if given else defaults
+
+    def penalty(*args, **kwargs):
+        a = bind(args, kwargs)
+        given = tuple((k, type(a[k]), a[k]) for k in spec_options if k in a)
+        spec = defaults
+        if given:
+            try:
+                spec = specs[given]
+            except (KeyError, TypeError):   # TypeError: an unhashable value, which the spec's check refuses
+                spec = dataclasses.replace(defaults, **{k: v for k, _, v in given}, where=where)
+                if len(specs) < 64:
+                    specs[given] = spec
         call = _Inputs(a["critic"], a.get("real"), a.get("fake"), a.get("critic_args", ()),
                        a.get("critic_kwargs", {}), a.get("alpha"), a.get("generator"), a.get("scaler"),
                        a.get("return_norms", a.get("return_slopes", False)))

@@ -21,6 +21,7 @@ backend_report, current_backend, use_backend.
 
 import contextlib
 import dataclasses
+import functools
 import os
 import threading
 import typing
@@ -139,20 +140,27 @@ def _warn_once(message):
         warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
+@functools.lru_cache(maxsize=None)
+def _auto_order(device_type, names):
+    """The backends `auto` tries for a device type, best first (cached per registry state: `names`)."""
+    ranked = sorted((rank, i, b) for i, b in enumerate(_REGISTRY[n] for n in names)
+                    if (rank := b.auto_rank(device_type)) is not None)
+    return tuple(b for _, _, b in ranked)
+
+
 def select(where, backend, device):
     """The Backend that runs `where` (e.g. 'gpkernels.penalty') on tensors of `device`, for a call's
     `backend=` argument (None: the current default)."""
     name = _check_name(current_backend() if backend is None else backend, where)
     if name != AUTO:
-        reasons = refusals(name, device)
+        chosen = _REGISTRY[name]
+        reasons = chosen.refusals(device)
         if reasons:
             raise RuntimeError(f"{where}: backend {name!r} cannot run {device.type} tensors: " + "; ".join(reasons))
-        return _REGISTRY[name]
-    ranked = sorted((rank, i, b) for i, b in enumerate(_REGISTRY.values())
-                    if (rank := b.auto_rank(device.type)) is not None)
+        return chosen
     skipped = []
-    for _, _, candidate in ranked:
-        reasons = refusals(candidate.name, device)
+    for candidate in _auto_order(device.type, NAMES):
+        reasons = candidate.refusals(device)
         if not reasons:
             if skipped:
                 _warn_once(f"gpkernels: {device.type} tensors use the {candidate.name!r} backend because "
