@@ -74,9 +74,10 @@ def _bench(argv):
               file=sys.stderr)
         return 2
     if not argv or argv[0] not in names:
+        asked = bool(argv) and argv[0] in ("-h", "--help")
         print(f"usage: {PROG} bench {{{','.join(names)}}} [options]  (bench NAME --help: its options)",
-              file=sys.stderr)
-        return 2
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     script = folder / f"bench_{argv[0]}.py"
     saved = list(sys.argv), list(sys.path)
     sys.argv = [f"{PROG} bench {argv[0]}", *argv[1:]]

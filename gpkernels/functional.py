@@ -19,8 +19,8 @@ def interpolate(real, fake, alpha=None, *, generator=None, backend=None):
         alpha: (B,) or (B, 1, ..., 1) floating tensor on the same device, cast to real's dtype.
             None draws alpha ~ U[0, 1), one per sample, from `generator` (or torch's default generator).
         generator: a torch.Generator on real's device, used only when alpha is None.
-        backend: None (the current default, see gpkernels.use_backend), "auto", "reference", "cpu",
-            "cuda" or "triton".
+        backend: None (the current default, see gpkernels.use_backend), "auto", or a registered backend
+            name (gpkernels.backends.NAMES: "reference", "cpu", "cuda", "triton", ...).
 
     Returns:
         (B, *) tensor of real's dtype; real's layout when each of its samples is one contiguous block
@@ -69,7 +69,7 @@ def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, reduction="mean",
         reduction: "mean" | "sum" | "none".
         inv_scale: None (1), or a float / one-element tensor > 0 (a tensor is read on the host).
         return_norms: also return the per-sample norms n_i, detached, for logging.
-        backend: None, "auto", "reference", "cpu", "cuda" or "triton".
+        backend: None, "auto" or a registered backend name (gpkernels.backends.NAMES).
 
     Returns:
         loss: () for mean/sum, (B,) for none; float32 for float32/float16/bfloat16 grads, float64 for

@@ -182,7 +182,8 @@ GRADIENT_PENALTY_DOC = """The gradient penalty of a critic, ready to add to the 
             `scaler.scale(critic_loss + gp).backward()`.
         return_norms: also return the per-sample norms n_i (unscaled), detached, for logging.
         strict: raise instead of warning about BatchNorm in the critic.
-        backend: None, "auto", "reference", "cpu", "cuda" or "triton" (see gpkernels.use_backend).
+        backend: None, "auto" or a registered backend name (gpkernels.backends.NAMES; see
+            gpkernels.use_backend).
         fast_relu: at the penalty points, run the critic's ReLU/LeakyReLU/Hardtanh/ReLU6/PReLU calls (in
             place or not), its pools, reflect/replicate padding and convolutions without the second-order
             work that autograd does on zeros (its materialised zero derivatives make the outer backward push

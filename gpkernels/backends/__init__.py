@@ -47,6 +47,15 @@ class Backend:
     interpolate: (real (B, *), fake (B, *), alpha (B,) in real's dtype) -> (B, *).
     penalty_terms: (grads (B, *), target, one_sided, weight, inv_scale) -> (values (B,), norms (B,)) in
         the accumulation dtype, differentiable twice w.r.t. grads through values.
+    any_order: autograd differentiates it to any order (the reference). A fused backend (False) gives
+        exactly two derivatives of penalty_terms and raises NotImplementedError, saying "differentiable
+        twice", on a third.
+
+    The contract the backend-parametrised tests check on every backend: results equal the reference's (in
+    float64 to rounding; in lower precision within twice its error), outputs and gradients keep the layout
+    of a batch-outer dense input (contiguous, channels_last: see _schema.py), accumulation in float32
+    (float64 for float64), a zero gradient gives finite values and a zero derivative, and the input checks
+    raise the public functions' errors.
     """
 
     name: str
@@ -55,6 +64,7 @@ class Backend:
     auto_rank: typing.Callable
     interpolate: typing.Callable
     penalty_terms: typing.Callable
+    any_order: bool = False
 
 
 def register(backend):

@@ -12,4 +12,5 @@ BACKEND = register(Backend(
     auto_rank=lambda device_type: 100,   # last everywhere
     interpolate=reference.interpolate,
     penalty_terms=reference.penalty_terms,
+    any_order=True,
 ))
