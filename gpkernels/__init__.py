@@ -18,7 +18,7 @@ from .backends import available_backends, backend_report, current_backend, use_b
 from .flops import FlopCount
 from .functional import interpolate, penalty
 from .penalties import (GradientPenalty, PenaltySpec, dragan_penalty, finite_difference_penalty, gradient_penalty,
-                        lipschitz_penalty, r1_penalty, r2_penalty, wgan_gp_penalty)
+                        lipschitz_penalty, r1_penalty, r2_penalty, wdiv_penalty, wgan_gp_penalty)
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "r1_penalty",
     "r2_penalty",
     "dragan_penalty",
+    "wdiv_penalty",
     "finite_difference_penalty",
     "GradientPenalty",
     "PenaltySpec",

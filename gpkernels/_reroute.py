@@ -370,12 +370,52 @@ def _reroute(func, args, kwargs) -> Optional[Callable[[], torch.Tensor]]:
     return None
 
 
+# Calls that compute statistics over the batch: batch norm with batch statistics (training mode, or no
+# running statistics), and SyncBatchNorm's statistics across processes.
+_BATCH_NORMS = {F.batch_norm: (5, "training"), torch.batch_norm: (5, "training")}
+_BATCH_STATS = (torch.batch_norm_stats, torch.batch_norm_gather_stats_with_counts)
+
+
+class Coupling(NamedTuple):
+    """One call of the critic that mixes the samples of its batch."""
+    op: str                           # e.g. "batch_norm (batch statistics)"
+    shape: tuple                      # the input's shape
+    weight: Optional[torch.Tensor]    # the affine weight, if any (to name the module that owns it)
+
+
+def _coupling(func, args, kwargs):
+    """A Coupling when func(*args, **kwargs) mixes the samples of its batch, else None."""
+    if func in _BATCH_NORMS:
+        index, name = _BATCH_NORMS[func]
+        training = args[index] if len(args) > index else kwargs.get(name, False)
+        if not training:
+            return None
+        x = args[0]
+        weight = args[3] if func is F.batch_norm and len(args) > 3 else (
+            args[1] if func is torch.batch_norm and len(args) > 1 else kwargs.get("weight"))
+        return Coupling("batch_norm with batch statistics", tuple(x.shape), weight)
+    if func in _BATCH_STATS:
+        return Coupling(f"{func.__name__} (SyncBatchNorm)", tuple(args[0].shape), None)
+    return None
+
+
 class PenaltyPoints(TorchFunctionMode):
-    """While active, the calls listed in this module's docstring use their rerouted forms."""
+    """The critic's calls at the penalty points. It records every call that mixes the samples of a batch
+    (`couplings`: batch norm with batch statistics, whatever object makes the call), and with reroute=True
+    runs the calls listed in this module's docstring in their rerouted forms."""
+
+    def __init__(self, reroute=True):
+        super().__init__()
+        self.reroute = reroute
+        self.couplings = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        rerouted = _reroute(func, args, kwargs)
+        if func in _BATCH_NORMS or func in _BATCH_STATS:
+            seen = _coupling(func, args, kwargs)
+            if seen is not None:
+                self.couplings.append(seen)
+        rerouted = _reroute(func, args, kwargs) if self.reroute else None
         if rerouted is None:
             return func(*args, **kwargs)
         return rerouted()

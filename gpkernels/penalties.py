@@ -13,12 +13,14 @@ back-propagates into `real` or `fake` (so never into the generator), as in the p
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import math
 import numbers
 import sys
 import typing
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -26,8 +28,9 @@ from torch import nn
 from . import _checks, _reroute, backends, functional
 from .reference import accum_dtype, draw_alpha
 
-SAMPLES = ("interpolate", "real", "fake", "dragan")
+SAMPLES = ("interpolate", "real", "fake", "dragan", "real_and_fake")
 METHODS = ("gradient", "finite_difference")
+DRAGAN_NOISES = ("uniform", "normal")
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -75,23 +78,53 @@ def _flag(where, name, value):
     return value
 
 
-def _batchnorm(where, critic, strict):
-    """Warn (or, strict, raise) when the critic holds BatchNorm: it couples the samples of a batch, so
-    the per-sample gradient the penalty constrains is not the gradient of a per-sample function."""
-    if not isinstance(critic, nn.Module):
+def _modules_of(critic, depth=0):
+    """The nn.Modules a critic callable holds: itself, or what a functools.partial, a bound method or a
+    closure (a lambda) refers to, two levels deep. Only used to name where a batch norm came from."""
+    if isinstance(critic, nn.Module):
+        return [critic]
+    if depth > 2:
+        return []
+    found = []
+    if isinstance(critic, functools.partial):
+        for x in (critic.func, *critic.args, *critic.keywords.values()):
+            found += _modules_of(x, depth + 1)
+    elif inspect.ismethod(critic):
+        found += _modules_of(critic.__self__, depth + 1)
+    for cell in getattr(critic, "__closure__", None) or ():
+        try:
+            found += _modules_of(cell.cell_contents, depth + 1)
+        except ValueError:      # an empty cell
+            pass
+    return found
+
+
+def _check_coupling(where, critic, couplings, strict):
+    """Warn (or, strict, raise) when the critic mixed the samples of its batch at the penalty points (batch
+    norm with batch statistics, whatever object made the call): the per-sample gradient the penalty
+    constrains is then not the gradient of a per-sample function."""
+    if not couplings:
         return
-    found = [f"{name or '<critic>'} ({type(m).__name__})" for name, m in critic.named_modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not found:
-        return
-    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-    message = (f"{where}: the critic contains BatchNorm ({shown}). BatchNorm couples the samples of a batch, "
-               f"so the per-sample gradient norm the penalty constrains is not that of a per-sample critic "
-               f"(Gulrajani et al. 2017, sec. 4). Use LayerNorm, GroupNorm or InstanceNorm in the critic, "
-               f"or no normalisation.")
+    owners = {}
+    for module in _modules_of(critic):
+        for name, m in module.named_modules():
+            for p in m.parameters(recurse=False):
+                owners.setdefault(id(p), f"{name or '<critic>'} ({type(m).__name__})")
+    seen = []
+    for c in couplings:
+        owner = owners.get(id(c.weight)) if c.weight is not None else None
+        text = f"{c.op} in {owner}" if owner else f"{c.op} on a {c.shape} input"
+        if text not in seen:
+            seen.append(text)
+    shown = "; ".join(seen[:3]) + (f"; and {len(seen) - 3} more" if len(seen) > 3 else "")
+    message = (f"{where}: at the penalty points the critic ran {len(couplings)} call(s) that mix the samples of "
+               f"its batch: {shown}. A batch norm with batch statistics (BatchNorm in training mode, "
+               f"SyncBatchNorm) couples the samples, so the per-sample gradient norm the penalty constrains is "
+               f"not that of a per-sample critic (Gulrajani et al. 2017, sec. 4). Use LayerNorm, GroupNorm or "
+               f"InstanceNorm in the critic, or no normalisation.")
     if strict:
         raise ValueError(message + " (strict=True turns this warning into an error)")
-    warnings.warn(message, UserWarning, stacklevel=4)
+    warnings.warn(message, UserWarning, stacklevel=5)
 
 
 def _critic_fn(where, critic):
@@ -103,16 +136,30 @@ def _critic_fn(where, critic):
                         f"{type(critic).__name__}")
 
 
-def _score(where, out, batch):
-    """The critic's output -> its (B,) score: a (B,), (B, 1) or (B, 1, ..., 1) tensor, or a tuple/list
-    whose first element is one."""
-    if isinstance(out, (tuple, list)):
+def _score(where, out, batch, score=None):
+    """The critic's output -> its (B,) score. score=None: a (B,), (B, 1) or (B, 1, ..., 1) tensor, or a
+    tuple/list whose first element is one; a key (a dict's, or an index) or a callable picks it otherwise."""
+    if score is not None:
+        if callable(score):
+            out = score(out)
+        else:
+            try:
+                out = out[score]
+            except (KeyError, IndexError, TypeError):
+                keys = f" (keys: {', '.join(map(repr, list(out)[:8]))})" if isinstance(out, Mapping) else ""
+                raise ValueError(f"{where}: score={score!r} selects nothing from the critic's output, a "
+                                 f"{type(out).__name__}{keys}") from None
+    elif isinstance(out, Mapping):
+        keys = ", ".join(map(repr, list(out)[:8]))
+        raise TypeError(f"{where}: the critic returned a {type(out).__name__} (keys: {keys}); pass score=KEY (or "
+                        f"a callable) to say which entry is the per-sample score")
+    elif isinstance(out, (tuple, list)):
         if not out:
             raise ValueError(f"{where}: the critic returned an empty {type(out).__name__}")
         out = out[0]
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{where}: the critic must return a tensor of scores (or a tuple whose first element "
-                        f"is one), got {type(out).__name__}")
+                        f"is one; score= picks from other outputs), got {type(out).__name__}")
     if not out.is_floating_point():
         raise TypeError(f"{where}: the critic's score must be a floating tensor, got {out.dtype}")
     if out.dim() == 0 or out.shape[0] != batch or out.numel() != batch:
@@ -128,19 +175,36 @@ def _no_dependence(where):
                         f"under torch.no_grad(), or ignore it?")
 
 
-def _call(critic, points, kind, critic_args, critic_kwargs, *, second_order=False, fast_relu=False):
-    """critic(points, *critic_args, **critic_kwargs). For a gradient penalty (second_order) the call runs
-    eagerly even where the critic, or part of it, is torch.compile'd (AOTAutograd has no double backward;
-    the critic's other calls stay compiled), and with fast_relu through `_reroute.PenaltyPoints`."""
+def _call(where, spec, call, points, kind, batch, couplings, *, second_order=False):
+    """The (B,) score of critic(points, *critic_args, **critic_kwargs), read with spec.score.
+
+    The call runs under `_reroute.PenaltyPoints`, which records in `couplings` every call that mixes the
+    samples of the batch, and, for a gradient penalty (second_order) with fast_relu, reroutes the critic's
+    piecewise-linear layers. A gradient penalty's call also runs eagerly where the critic, or part of it, is
+    torch.compile'd (AOTAutograd has no double backward; the critic's other calls stay compiled).
+    """
     inp = points[0] if kind is None else kind(points)
     with contextlib.ExitStack() as scope:
-        if second_order and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling():
             # Nothing can be compiled before torch._dynamo is imported; importing it costs a second.
-            if "torch._dynamo" in sys.modules:
+            if second_order and "torch._dynamo" in sys.modules:
                 scope.enter_context(torch.compiler.set_stance("force_eager"))
-            if fast_relu:
-                scope.enter_context(_reroute.PenaltyPoints())
-        return critic(inp, *critic_args, **critic_kwargs)
+            watch = scope.enter_context(_reroute.PenaltyPoints(reroute=second_order and spec.fast_relu))
+        else:
+            watch = None
+        try:
+            out = call.critic(inp, *call.critic_args, **call.critic_kwargs)
+        except TypeError as e:
+            # A keyword the penalty took as its own option (weight=, target=, ...) that the critic needed.
+            taken = [k for k in call.options_given if f"'{k}'" in str(e) and "argument" in str(e)]
+            if taken:
+                k = taken[0]
+                raise TypeError(f"{where}: {k}= was taken as the penalty's {k}, but the critic needs an argument "
+                                f"called {k!r} ({e}); pass the critic's as critic_kwargs={{{k!r}: ...}}") from e
+            raise
+    if watch is not None:
+        couplings += watch.couplings
+    return _score(where, out, batch, spec.score)
 
 
 # ------------------------------------------------------------------------------------------ docstrings
@@ -149,39 +213,51 @@ GRADIENT_PENALTY_DOC = """The gradient penalty of a critic, ready to add to the 
 
         x_i   = where the penalty is taken (see `sample`), a detached leaf
         n_i   = ||grad_x D(x)_i||            (over all non-batch dims, of all inputs jointly)
-        loss  = weight * mean_i d_i^2,   d_i = n_i - target   (one_sided: max(0, n_i - target))
+        loss  = weight * mean_i |d_i|^exponent,   d_i = n_i - target   (one_sided: max(0, n_i - target))
 
-    The defaults are WGAN-GP (Gulrajani et al. 2017): weight 10, target 1, one uniform weight per sample
-    on the line between a real and a fake sample.
+    The defaults are WGAN-GP (Gulrajani et al. 2017): weight 10, target 1, exponent 2, one uniform weight
+    per sample on the line between a real and a fake sample. The README's table maps every regulariser of
+    the literature (WGAN-LP, R1/R2, DRAGAN, W-div, 0-GP) to arguments of this function or a shortcut.
 
     Args:
         critic: callable, `critic(x, *critic_args, **critic_kwargs)` -> scores of shape (B,), (B, 1) or
-            (B, 1, ..., 1), or a tuple/list whose first element is that. An nn.Module holding BatchNorm
-            gets a warning (an error with strict=True). A DistributedDataParallel-wrapped critic works
-            (see the README for the recipe).
+            (B, 1, ..., 1), or a tuple/list whose first element is that (see `score` for other outputs).
+            A critic that computes batch statistics at the penalty points (BatchNorm in training mode,
+            SyncBatchNorm; seen by what it runs, whatever wraps it) gets a warning (an error with
+            strict=True). A DistributedDataParallel-wrapped critic works (see the README for the recipe).
         real: (B, *) float tensor, or a tuple/list of them (e.g. multi-scale images, each (B, *_j)) that
             share B, dtype and device; the critic then receives a container of the same type.
             May be None with sample="fake".
-        fake: same structure, shapes, dtype and device as real; needed for "interpolate" and "fake".
-        *critic_args, **critic_kwargs: passed to the critic unchanged (class labels, conditioning).
-            Keyword names of this function cannot be passed through; wrap the critic in a lambda for those.
-        weight: float >= 0 (lambda).  target: float >= 0 (1 for WGAN-GP, 0 for R1/R2).
+        fake: same structure, shapes, dtype and device as real; needed for "interpolate", "fake" and
+            "real_and_fake".
+        *critic_args: passed to the critic unchanged, positionally (class labels, conditioning).
+        critic_kwargs: a dict of the critic's keyword arguments, passed unchanged; the other keywords that
+            are not this function's own options go to the critic too. A keyword named like an option
+            (weight, target, ...) is the penalty's: pass the critic's through critic_kwargs.
+        weight: float >= 0 (lambda).  target: float >= 0 (1 for WGAN-GP, 0 for R1/R2/W-div/0-GP).
         one_sided: penalise only norms above target (WGAN-LP, Petzka et al. 2018).
+        exponent: float >= 1, p in |d_i|^p (2; W-div: 6).
         sample: "interpolate" - x_i = a_i real_i + (1 - a_i) fake_i, a_i ~ U[0, 1) per sample (WGAN-GP);
             "real" - x = real (R1); "fake" - x = fake (R2);
             "dragan" - x_i = a_i p_i + (1 - a_i) real_i with p = real + dragan_scale * std(real) * u,
             u ~ U[0, 1) per element and std over the whole batch (per input of a tuple), as in
-            Kodali et al. 2017.
+            Kodali et al. 2017's code; "real_and_fake" - the 2B points real and fake, one critic call each
+            (W-div, Wu et al. 2018).
         alpha: (B,) mixing weights for "interpolate"/"dragan"; None draws them. Draw order, from
             `generator` (or torch's default generator): alpha first (float32, float64 for float64 input),
             then for "dragan" u of each input in turn.
-        generator: torch.Generator on the inputs' device.  dragan_scale: float > 0.
+        generator: torch.Generator on the inputs' device.  dragan_scale: float > 0 (C).
+        dragan_correction: 0 (population std, the authors' code) or 1 (Bessel-corrected, torch.std's default).
+        dragan_noise: "uniform" (U[0, 1), the authors' code) or "normal" (N(0, 1), the paper's text).
         scaler: a torch.amp.GradScaler for mixed precision. The inner gradient is taken of the scaled
             critic output and unscaled inside the fused kernel; an overflow makes the step's gradients
             non-finite so that the scaler skips the step. Use it with torch.autocast as usual:
             `scaler.scale(critic_loss + gp).backward()`.
         return_norms: also return the per-sample norms n_i (unscaled), detached, for logging.
-        strict: raise instead of warning about BatchNorm in the critic.
+        score: how to read the (B,) score from the critic's output: None (a tensor, or a tuple's first
+            element), a key or index (`out[score]`, e.g. "adv_output" of a dict), or a callable
+            (`score(out)`).
+        strict: raise instead of warning about batch statistics in the critic.
         backend: None, "auto" or a registered backend name (gpkernels.backends.NAMES; see
             gpkernels.use_backend).
         fast_relu: at the penalty points, run the critic's ReLU/LeakyReLU/Hardtanh/ReLU6/PReLU calls (in
@@ -237,10 +313,15 @@ class PenaltySpec:
 
     Fields (see `gradient_penalty` for their meaning):
         weight: float >= 0 (lambda).  target: float >= 0.  one_sided: bool.
-        sample: "interpolate" | "real" | "fake" | "dragan".  dragan_scale: float > 0.
-        method: "gradient" (the double-backward penalty) or "finite_difference" (sample "interpolate").
+        sample: "interpolate" | "real" | "fake" | "dragan" | "real_and_fake".
+        exponent: float >= 1 (p in |d|^p; 2 everywhere but W-div).
+        dragan_scale: float > 0.  dragan_correction: 0 or 1 (std's Bessel correction).
+        dragan_noise: "uniform" | "normal".
+        method: "gradient" (the double-backward penalty) or "finite_difference" (sample "interpolate",
+            exponent 2).
         min_gap: float in [0, 1), for "finite_difference".
-        strict: raise instead of warning about BatchNorm.  backend: None or a backend name.
+        score: None, a key / index, or a callable: how to read the per-sample score from the critic's output.
+        strict: raise instead of warning about batch-coupling layers.  backend: None or a backend name.
         fast_relu: reroute the critic's piecewise-linear layers at the penalty points.
 
     `dataclasses.replace(spec, weight=...)` makes a checked variant.
@@ -251,9 +332,13 @@ class PenaltySpec:
     one_sided: bool = False
     sample: str = "interpolate"
     _: dataclasses.KW_ONLY
+    exponent: float = 2.0
     dragan_scale: float = 0.5
+    dragan_correction: int = 0
+    dragan_noise: str = "uniform"
     method: str = "gradient"
     min_gap: float = 1e-3
+    score: typing.Any = None
     strict: bool = False
     backend: typing.Optional[str] = None
     fast_relu: bool = True
@@ -265,7 +350,17 @@ class PenaltySpec:
 
         put("weight", _checks.finite_number(where, "weight", self.weight))
         put("target", _checks.finite_number(where, "target", self.target))
+        put("exponent", _checks.finite_number(where, "exponent", self.exponent, minimum=1.0))
         put("dragan_scale", _checks.finite_number(where, "dragan_scale", self.dragan_scale, strict=True))
+        if self.dragan_correction not in (0, 1) or isinstance(self.dragan_correction, (bool, float)):
+            raise ValueError(f"{where}: dragan_correction must be 0 (population std, as the DRAGAN authors' code) "
+                             f"or 1 (Bessel-corrected, torch.std's default), got {self.dragan_correction!r}")
+        if self.dragan_noise not in DRAGAN_NOISES:
+            raise ValueError(f"{where}: dragan_noise must be one of {', '.join(DRAGAN_NOISES)}; got "
+                             f"{self.dragan_noise!r}")
+        if not (self.score is None or isinstance(self.score, (str, int)) or callable(self.score)):
+            raise TypeError(f"{where}: score must be None, a key (str or int) or a callable, got "
+                            f"{type(self.score).__name__}")
         put("min_gap", _checks.finite_number(where, "min_gap", self.min_gap))
         if self.min_gap >= 1:
             raise ValueError(f"{where}: min_gap must be < 1 (a fraction of the real-fake distance), got "
@@ -279,6 +374,9 @@ class PenaltySpec:
         if self.method == "finite_difference" and self.sample != "interpolate":
             raise ValueError(f"{where}: method='finite_difference' takes its points on the real-fake line; "
                              f"sample must be 'interpolate', got {self.sample!r}")
+        if self.method == "finite_difference" and self.exponent != 2:
+            raise ValueError(f"{where}: method='finite_difference' squares the slope's excess; exponent must be 2, "
+                             f"got {self.exponent}")
         if self.backend is not None:
             backends._check_name(self.backend, where)
 
@@ -296,6 +394,20 @@ class _Inputs(typing.NamedTuple):
     generator: typing.Any = None
     scaler: typing.Any = None
     return_norms: bool = False
+    options_given: tuple = ()      # the penalty options this call named by keyword (for a clear collision error)
+
+
+def _critic_kwargs(where, extra, mapping):
+    """The critic's keyword arguments: the explicit critic_kwargs= mapping and the other keywords."""
+    if mapping is None:
+        return extra
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{where}: critic_kwargs must be a mapping (a dict of the critic's keyword arguments), "
+                        f"got {type(mapping).__name__}")
+    twice = sorted(set(extra) & set(mapping))
+    if twice:
+        raise TypeError(f"{where}: {', '.join(twice)} given both as a keyword and in critic_kwargs")
+    return {**extra, **mapping}
 
 
 def _run(where, spec, call):
@@ -312,12 +424,12 @@ def _gradient_penalty(where, spec, call):
     # single tensors: a deliberate second copy, the ground truth this one is compared with (demo, trainer,
     # benchmarks).
     sample, alpha, scaler = spec.sample, call.alpha, call.scaler
-    if alpha is not None and sample in ("real", "fake"):
+    if alpha is not None and sample in ("real", "fake", "real_and_fake"):
         raise ValueError(f"{where}: alpha is used only with sample='interpolate' or 'dragan', not {sample!r}")
     if scaler is not None and not all(hasattr(scaler, m) for m in ("scale", "get_scale", "is_enabled")):
         raise TypeError(f"{where}: scaler must be a torch.amp.GradScaler (or None), got {type(scaler).__name__}")
 
-    need_real, need_fake = sample != "fake", sample in ("interpolate", "fake")
+    need_real, need_fake = sample != "fake", sample in ("interpolate", "fake", "real_and_fake")
     r_parts = r_kind = f_parts = f_kind = None
     if call.real is not None:
         r_parts, r_kind = _parts(where, "real", call.real)
@@ -331,52 +443,61 @@ def _gradient_penalty(where, spec, call):
         _matching(where, r_parts, r_kind, f_parts, f_kind)
     base, kind = (f_parts, f_kind) if sample == "fake" else (r_parts, r_kind)
     batch = base[0].shape[0]
-    _batchnorm(where, call.critic, spec.strict)
 
     # The points, as fresh leaves: no autograd history into real/fake, and the caller's tensors untouched.
+    # One set of points per critic call: two for "real_and_fake" (W-div), one otherwise.
     backend = spec.backend
     with torch.no_grad():
         if sample == "interpolate":
             a = draw_alpha(base[0], call.generator) if alpha is None else alpha
-            points = [functional.interpolate(r, f, a, backend=backend) for r, f in zip(r_parts, f_parts)]
+            sets = [[functional.interpolate(r, f, a, backend=backend) for r, f in zip(r_parts, f_parts)]]
         elif sample == "dragan":
             a = draw_alpha(base[0], call.generator) if alpha is None else alpha
             points = []
             for r in r_parts:
                 draw = accum_dtype(r.dtype)
-                u = torch.rand(r.shape, generator=call.generator, device=r.device, dtype=draw)
-                spread = spec.dragan_scale * r.to(draw).std(correction=0)
+                noise = torch.rand if spec.dragan_noise == "uniform" else torch.randn
+                u = noise(r.shape, generator=call.generator, device=r.device, dtype=draw)
+                spread = spec.dragan_scale * r.to(draw).std(correction=spec.dragan_correction)
                 perturbed = (r.to(draw) + spread * u).to(r.dtype)
                 points.append(functional.interpolate(perturbed, r, a, backend=backend))
+            sets = [points]
         else:
             # An inference-mode tensor cannot become a leaf that requires grad: copy it (rare, costs a copy).
-            points = [p.clone() if p.is_inference() else p for p in base]
-    points = [p.detach().requires_grad_(True) for p in points]
+            chosen = [r_parts, f_parts] if sample == "real_and_fake" else [base]
+            sets = [[p.clone() if p.is_inference() else p for p in parts] for parts in chosen]
+    sets = [[p.detach().requires_grad_(True) for p in points] for points in sets]
 
-    score = _score(where, _call(call.critic, points, kind, call.critic_args, call.critic_kwargs, second_order=True,
-                                fast_relu=spec.fast_relu), batch)
-    if not score.requires_grad:
+    couplings = []
+    scores = [_call(where, spec, call, points, kind, batch, couplings, second_order=True) for points in sets]
+    _check_coupling(where, call.critic, couplings, spec.strict)
+    if not all(score.requires_grad for score in scores):
         raise _no_dependence(where)
 
+    leaves = [p for points in sets for p in points]
     inv_scale = 1.0
     if scaler is not None and scaler.is_enabled():
         # Take the inner gradient of scale * mean_i D(x_i): per sample that is scale / B, the size the
         # critic loss's own scaled gradient has, so fp16 does not overflow sooner than in the rest of the
         # step. The kernel unscales the norms by B / scale. A non-finite inner gradient makes the penalty
         # and its parameter gradients non-finite, so GradScaler skips the step as it would without us.
-        inner = scaler.scale(score.float().mean())
+        inner = scaler.scale(sum(score.float().mean() for score in scores))
         inv_scale = batch / scaler.get_scale()
-        grads = torch.autograd.grad(inner, points, create_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(inner, leaves, create_graph=True, allow_unused=True)
     else:
-        grads = torch.autograd.grad(score, points, grad_outputs=torch.ones_like(score), create_graph=True,
-                                    allow_unused=True)
+        grads = torch.autograd.grad(scores, leaves, grad_outputs=[torch.ones_like(x) for x in scores],
+                                    create_graph=True, allow_unused=True)
     if all(g is None for g in grads):
         raise _no_dependence(where)
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, points)]
-    # Several inputs: one norm over all of them jointly.
-    g = grads[0] if len(grads) == 1 else torch.cat([x.reshape(batch, -1) for x in grads], dim=1)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaves)]
+    # Several inputs: one norm over all of them jointly; several sets of points: one row per point.
+    n = len(sets[0])
+    rows = [grads[i:i + n] for i in range(0, len(grads), n)]
+    rows = [r[0] if n == 1 else torch.cat([x.reshape(batch, -1) for x in r], dim=1) for r in rows]
+    g = rows[0] if len(rows) == 1 else torch.cat([r.reshape(batch, -1) for r in rows])
+    extra = {} if spec.exponent == 2 else dict(exponent=spec.exponent)   # TEMP until the exponent lands
     loss, norms = functional.penalty(g, target=spec.target, one_sided=spec.one_sided, weight=spec.weight,
-                                     inv_scale=inv_scale, return_norms=True, backend=backend)
+                                     inv_scale=inv_scale, return_norms=True, backend=backend, **extra)
     return (loss, norms) if call.return_norms else loss
 
 
@@ -395,7 +516,6 @@ def _finite_difference(where, spec, call):
     if alpha is not None:
         if not (isinstance(alpha, (tuple, list)) and len(alpha) == 2):
             raise TypeError(f"{where}: alpha must be None or a pair (alpha1, alpha2) of (B,) tensors")
-    _batchnorm(where, call.critic, spec.strict)
 
     acc = accum_dtype(r_parts[0].dtype)
     with torch.no_grad():
@@ -415,8 +535,10 @@ def _finite_difference(where, spec, call):
         keep = (dist > spec.min_gap * span) & (dist > 0)
         safe = torch.where(keep, dist, torch.ones_like(dist))
 
-    d1 = _score(where, _call(call.critic, x1, kind, call.critic_args, call.critic_kwargs), batch)
-    d2 = _score(where, _call(call.critic, x2, kind, call.critic_args, call.critic_kwargs), batch)
+    couplings = []
+    d1 = _call(where, spec, call, x1, kind, batch, couplings)
+    d2 = _call(where, spec, call, x2, kind, batch, couplings)
+    _check_coupling(where, call.critic, couplings, spec.strict)
     slopes = (d1.to(acc) - d2.to(acc)).abs() / safe
     excess = slopes - spec.target
     if spec.one_sided:
@@ -435,11 +557,11 @@ def _finite_difference(where, spec, call):
 # parameters are spelled once (here) and checked once (PenaltySpec).
 
 _P = inspect.Parameter
-# Keyword arguments of a call that are data, not configuration, in their order in the signatures.
-_CALL_ARGS = ("alpha", "generator", "scaler", "return_norms")
-_ORDER = ("weight", "target", "one_sided", "sample", "alpha", "generator", "dragan_scale", "min_gap", "scaler",
-          "return_norms", "return_slopes", "strict", "backend", "fast_relu")
-_CALL_DEFAULTS = dict(alpha=None, generator=None, scaler=None, return_norms=False, return_slopes=False)
+# The keyword arguments of the public functions, in their order in the signatures: spec fields, and the
+# call's data (alpha, generator, scaler, return_norms / return_slopes, critic_kwargs).
+_ORDER = ("weight", "target", "one_sided", "exponent", "sample", "alpha", "generator", "dragan_scale",
+          "dragan_correction", "dragan_noise", "min_gap", "scaler", "return_norms", "return_slopes", "score",
+          "critic_kwargs", "strict", "backend", "fast_relu")
 
 
 def _preset(name, data, options, fixed, doc):
@@ -458,7 +580,7 @@ def _preset(name, data, options, fixed, doc):
             params.append(_P(item, _P.POSITIONAL_OR_KEYWORD))
     params.append(_P("critic_args", _P.VAR_POSITIONAL))
     params += [_P(k, _P.KEYWORD_ONLY, default=options[k]) for k in _ORDER if k in options]
-    params.append(_P("critic_kwargs", _P.VAR_KEYWORD))
+    params.append(_P("more_critic_kwargs", _P.VAR_KEYWORD))
     signature = inspect.Signature(params)
     spec_fields = {f.name for f in dataclasses.fields(PenaltySpec)}
     defaults = PenaltySpec(**{k: v for k, v in options.items() if k in spec_fields}, **fixed, where=where)
@@ -473,7 +595,7 @@ def _preset(name, data, options, fixed, doc):
         if len(args) >= len(names) and named.isdisjoint(kwargs):
             a = dict(zip(names, args))
             a["critic_args"] = args[len(names):]
-            a["critic_kwargs"] = passed = {}
+            a["more_critic_kwargs"] = passed = {}
             for k, v in kwargs.items():
                 if k in keywords:
                     a[k] = v
@@ -496,9 +618,10 @@ def _preset(name, data, options, fixed, doc):
                 spec = dataclasses.replace(defaults, **{k: v for k, _, v in given}, where=where)
                 if len(specs) < 64:
                     specs[given] = spec
-        call = _Inputs(a["critic"], a.get("real"), a.get("fake"), a.get("critic_args", ()),
-                       a.get("critic_kwargs", {}), a.get("alpha"), a.get("generator"), a.get("scaler"),
-                       a.get("return_norms", a.get("return_slopes", False)))
+        critic_kwargs = _critic_kwargs(where, a.get("more_critic_kwargs", {}), a.get("critic_kwargs"))
+        call = _Inputs(a["critic"], a.get("real"), a.get("fake"), a.get("critic_args", ()), critic_kwargs,
+                       a.get("alpha"), a.get("generator"), a.get("scaler"),
+                       a.get("return_norms", a.get("return_slopes", False)), tuple(k for k, _, _ in given))
         return _run(where, spec, call)
 
     penalty.__name__ = penalty.__qualname__ = name
@@ -509,12 +632,14 @@ def _preset(name, data, options, fixed, doc):
     return penalty
 
 
-_GRADIENT_OPTIONS = dict(scaler=None, return_norms=False, strict=False, backend=None, fast_relu=True)
+_GRADIENT_OPTIONS = dict(scaler=None, return_norms=False, score=None, critic_kwargs=None, strict=False, backend=None,
+                         fast_relu=True)
+_DRAGAN_OPTIONS = dict(dragan_scale=0.5, dragan_correction=0, dragan_noise="uniform")
 
 gradient_penalty = _preset(
     "gradient_penalty", ("real", ("fake", None)),
-    dict(weight=10.0, target=1.0, one_sided=False, sample="interpolate", alpha=None, generator=None,
-         dragan_scale=0.5, **_GRADIENT_OPTIONS), {}, GRADIENT_PENALTY_DOC)
+    dict(weight=10.0, target=1.0, one_sided=False, exponent=2.0, sample="interpolate", alpha=None, generator=None,
+         **_DRAGAN_OPTIONS, **_GRADIENT_OPTIONS), {}, GRADIENT_PENALTY_DOC)
 
 wgan_gp_penalty = _preset(
     "wgan_gp_penalty", ("real", "fake"), dict(weight=10.0, alpha=None, generator=None, **_GRADIENT_OPTIONS),
@@ -540,16 +665,27 @@ r2_penalty = _preset(
 
 dragan_penalty = _preset(
     "dragan_penalty", ("real",),
-    dict(weight=10.0, dragan_scale=0.5, alpha=None, generator=None, **_GRADIENT_OPTIONS),
+    dict(weight=10.0, alpha=None, generator=None, **_DRAGAN_OPTIONS, **_GRADIENT_OPTIONS),
     dict(target=1.0, one_sided=False, sample="dragan"),
     """DRAGAN (Kodali et al. 2017): weight * mean_i (||grad D(x_i)|| - 1)^2 at points x_i between real_i
-    and a perturbed copy real_i + dragan_scale * std(real) * u_i, u ~ U[0, 1). Arguments as in
-    `gradient_penalty` with sample="dragan".""")
+    and a perturbed copy real_i + dragan_scale * std(real) * u_i, u ~ U[0, 1) per element (dragan_noise=
+    "normal": N(0, 1), the paper's text), std over the whole batch without Bessel's correction as in the
+    authors' code (dragan_correction=1: torch.std's default). Arguments as in `gradient_penalty` with
+    sample="dragan".""")
+
+wdiv_penalty = _preset(
+    "wdiv_penalty", ("real", "fake"), dict(weight=2.0, exponent=6.0, **_GRADIENT_OPTIONS),
+    dict(target=0.0, one_sided=False, sample="real_and_fake"),
+    """W-div (Wu et al. 2018, Wasserstein divergence): weight * mean_i ||grad D(x_i)||^exponent over the 2B
+    points x = real and fake (two critic calls, one norm per point), with the paper's k = 2 and p = 6. It
+    equals the popular `k / 2 * mean(||grad D(real)||^p + ||grad D(fake)||^p)`. The critic loss it goes with
+    is the usual mean D(fake) - mean D(real). real, fake: (B, *) or tuples; other arguments as in
+    `gradient_penalty`.""")
 
 finite_difference_penalty = _preset(
     "finite_difference_penalty", ("real", "fake"),
     dict(weight=10.0, target=1.0, one_sided=False, alpha=None, generator=None, min_gap=1e-3, return_slopes=False,
-         strict=False, backend=None),
+         score=None, critic_kwargs=None, strict=False, backend=None),
     dict(method="finite_difference"), FINITE_DIFFERENCE_DOC)
 
 
@@ -602,7 +738,7 @@ class GradientPenalty(nn.Module):
         return self.calls % self.lazy == 0
 
     def forward(self, critic, real, fake=None, *critic_args, alpha=None, generator=None, scaler=None,
-                return_norms=False, **critic_kwargs):
+                return_norms=False, critic_kwargs=None, **more_critic_kwargs):
         where = "gpkernels.GradientPenalty"
         due = self.due
         self.calls += 1
@@ -615,7 +751,8 @@ class GradientPenalty(nn.Module):
             return (zero, None) if return_norms else zero
         spec = self.spec if self.lazy == 1 else dataclasses.replace(self.spec, weight=self.spec.weight * self.lazy,
                                                                     where=where)
-        call = _Inputs(critic, real, fake, critic_args, critic_kwargs, alpha, generator, scaler, True)
+        call = _Inputs(critic, real, fake, critic_args, _critic_kwargs(where, more_critic_kwargs, critic_kwargs), alpha,
+                       generator, scaler, True)
         loss, norms = _run(where, spec, call)
         self.last_norms = norms
         return (loss, norms) if return_norms else loss
@@ -629,6 +766,8 @@ class GradientPenalty(nn.Module):
     def extra_repr(self):
         text = (f"weight={self.weight}, target={self.target}, one_sided={self.one_sided}, "
                 f"sample={self.sample!r}, method={self.method!r}, lazy={self.lazy}")
+        if self.exponent != 2:
+            text += f", exponent={self.exponent}"
         return text + (f", backend={self.backend!r}" if self.backend is not None else "")
 
 

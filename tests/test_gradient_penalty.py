@@ -4,10 +4,12 @@ with and without class labels, every `sample` mode, one- and two-sided, targets 
 in float64 (tight) and float32/float16/bfloat16 (the per-dtype rule of conftest)."""
 
 import copy
+import functools
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import gpkernels
 from conftest import BACKEND_DEVICES, TOLERANCES, require
@@ -331,24 +333,69 @@ def test_generator_makes_draws_reproducible_and_default_generator_is_used_otherw
 
 # ------------------------------------------------------------------------------------------------ safety
 
+def _bn_critic(norm=nn.BatchNorm1d):
+    layer = norm() if norm is nn.LazyBatchNorm1d else norm(8)
+    return nn.Sequential(nn.Linear(4, 8), layer, nn.Linear(8, 1)).double()
+
+
+def _functional_bn_critic():
+    """A critic with no nn.Module at all: batch statistics through F.batch_norm."""
+    w = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(8, dtype=torch.float64, requires_grad=True)
+
+    def critic(x):
+        h = F.batch_norm(x @ w.t(), None, None, training=True)
+        return h @ v
+
+    return critic
+
+
+# How users hand over a critic: the safety check must see a batch norm behind each of them.
+WRAPPERS = {
+    "module": (lambda D: D, {}),
+    "lambda": (lambda D: (lambda x: D(x)), {}),
+    "partial": (lambda D: functools.partial(D), {}),
+    "bound-method": (lambda D: D.forward, {}),
+    "dict-output": (lambda D: (lambda x: {"adv_output": D(x), "aux": x.sum(1)}), dict(score="adv_output")),
+    "DataParallel": (lambda D: nn.DataParallel(D), {}),
+}
+
+
+@pytest.mark.parametrize("wrap", list(WRAPPERS))
 @pytest.mark.parametrize("norm", [nn.BatchNorm1d, nn.SyncBatchNorm, nn.LazyBatchNorm1d])
-def test_batchnorm_warns_and_strict_raises(norm):
-    critic = nn.Sequential(nn.Linear(4, 8), norm(8) if norm is not nn.LazyBatchNorm1d else norm(),
-                           nn.Linear(8, 1)).double()
-    critic.eval()  # SyncBatchNorm runs its forward on the CPU only outside training
+def test_batch_statistics_warn_and_strict_raises_whatever_wraps_the_critic(norm, wrap):
+    make, options = WRAPPERS[wrap]
+    D = _bn_critic(norm)
+    critic = make(D)
     real, fake, _ = make_data("mlp", False)
-    with pytest.raises(ValueError, match=r"BatchNorm.*LayerNorm"):
-        gpkernels.gradient_penalty(critic, real, fake, strict=True)
-    with pytest.warns(UserWarning, match=r"critic contains BatchNorm \(1 \("):
-        gpkernels.gradient_penalty(critic, real, fake)
+    named = r"(module\.)?1 \((BatchNorm1d|SyncBatchNorm)\)"
+    with pytest.raises(ValueError, match=r"batch_norm with batch statistics in " + named + r".*LayerNorm"):
+        gpkernels.gradient_penalty(critic, real, fake, strict=True, **options)
+    with pytest.warns(UserWarning, match=r"ran 1 call\(s\) that mix the samples"):
+        gpkernels.gradient_penalty(critic, real, fake, **options)
+    with pytest.warns(UserWarning, match="mix the samples"):
+        gpkernels.finite_difference_penalty(critic, real, fake, **options)
 
 
-def test_batchnorm2d_inside_a_wrapped_critic_is_found():
-    inner = nn.Sequential(nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(32, 1))
-    wrapper = nn.Sequential(nn.Identity(), inner).double()
-    real, fake, _ = make_data("conv", False)
-    with pytest.raises(ValueError, match=r"1\.1 \(BatchNorm2d\)"):
-        gpkernels.gradient_penalty(wrapper, real, fake, strict=True)
+def test_batch_statistics_in_functional_code_are_seen_too():
+    real, fake, _ = make_data("mlp", False)
+    with pytest.raises(ValueError, match=r"batch_norm with batch statistics on a \(5, 8\) input"):
+        gpkernels.gradient_penalty(_functional_bn_critic(), real, fake, strict=True)
+
+
+def test_batch_norm_with_running_statistics_is_per_sample(recwarn):
+    """In eval mode (running statistics) a batch norm is an affine map per sample: nothing to warn about,
+    and the penalty equals a plain-autograd one of the same critic."""
+    D = _bn_critic()
+    D(torch.randn(32, 4, dtype=torch.float64))      # some running statistics
+    D.eval()
+    real, fake, _ = make_data("mlp", False)
+    alpha = torch.rand(real.shape[0], dtype=torch.float64)
+    got = gpkernels.gradient_penalty(D, real, fake, alpha=alpha, strict=True)
+    want, _ = paper_penalty(D, points_as_in_papers("interpolate", real, fake, alpha), (), target=1.0,
+                            one_sided=False, weight=10.0)
+    torch.testing.assert_close(got, want)
+    assert not [w for w in recwarn if "mix the samples" in str(w.message)]
 
 
 @pytest.mark.parametrize("norm", ["layer", "instance", "group"])
@@ -358,7 +405,7 @@ def test_other_norms_do_not_warn(norm, recwarn):
     critic = nn.Sequential(layer, nn.Flatten(), nn.Linear(72, 1)).double()
     real, fake, _ = make_data("conv", False)
     gpkernels.gradient_penalty(critic, real, fake, strict=True)
-    assert not [w for w in recwarn if "BatchNorm" in str(w.message)]
+    assert not [w for w in recwarn if "mix the samples" in str(w.message)]
 
 
 def _real_fake():

@@ -23,14 +23,16 @@ def test_presets_pin_their_fields():
     assert gpkernels.r1_penalty.spec == PenaltySpec(weight=5.0, target=0.0, sample="real")
     assert gpkernels.r2_penalty.spec == PenaltySpec(weight=5.0, target=0.0, sample="fake")
     assert gpkernels.dragan_penalty.spec == PenaltySpec(sample="dragan")
+    assert gpkernels.wdiv_penalty.spec == PenaltySpec(weight=2.0, target=0.0, sample="real_and_fake", exponent=6.0)
     assert gpkernels.finite_difference_penalty.spec == PenaltySpec(method="finite_difference")
 
 
 def test_signatures_are_the_documented_ones():
     sig = inspect.signature(gpkernels.gradient_penalty)
     assert list(sig.parameters) == [
-        "critic", "real", "fake", "critic_args", "weight", "target", "one_sided", "sample", "alpha", "generator",
-        "dragan_scale", "scaler", "return_norms", "strict", "backend", "fast_relu", "critic_kwargs"]
+        "critic", "real", "fake", "critic_args", "weight", "target", "one_sided", "exponent", "sample", "alpha",
+        "generator", "dragan_scale", "dragan_correction", "dragan_noise", "scaler", "return_norms", "score",
+        "critic_kwargs", "strict", "backend", "fast_relu", "more_critic_kwargs"]
     assert sig.parameters["fake"].default is None and sig.parameters["weight"].default == 10.0
     r1 = inspect.signature(gpkernels.r1_penalty).parameters
     assert "target" not in r1 and "alpha" not in r1 and r1["weight"].default == 5.0
