@@ -39,33 +39,37 @@ const auto& interp_backward_op() {
   return h;
 }
 const auto& penalty_forward_op() {
-  static const auto h = op<Tensor2(const Tensor&, double, bool, double, double)>("gpkernels::penalty_forward");
+  static const auto h = op<Tensor2(const Tensor&, double, bool, double, double, double)>("gpkernels::penalty_forward");
   return h;
 }
 const auto& penalty_backward_op() {
-  static const auto h = op<Tensor(const Tensor&, const Tensor&, const Tensor&, double, bool, double, double)>(
-      "gpkernels::penalty_backward");
+  static const auto h =
+      op<Tensor(const Tensor&, const Tensor&, const Tensor&, double, bool, double, double, double)>(
+          "gpkernels::penalty_backward");
   return h;
 }
 const auto& penalty_double_backward_op() {
-  static const auto h = op<Tensor2(const Tensor&, const Tensor&, const Tensor&, double, bool, double, double)>(
-      "gpkernels::penalty_double_backward");
+  static const auto h =
+      op<Tensor2(const Tensor&, const Tensor&, const Tensor&, double, bool, double, double, double)>(
+          "gpkernels::penalty_double_backward");
   return h;
 }
 
 // The scalar arguments of the penalty ops, kept on the autograd context.
 struct Scalars {
-  double target, weight, inv_scale;
+  double target, weight, inv_scale, exponent;
   bool one_sided;
   void save(AutogradContext* ctx) const {
     ctx->saved_data["target"] = target;
     ctx->saved_data["weight"] = weight;
     ctx->saved_data["inv_scale"] = inv_scale;
+    ctx->saved_data["exponent"] = exponent;
     ctx->saved_data["one_sided"] = one_sided;
   }
   static Scalars load(AutogradContext* ctx) {
     return {ctx->saved_data["target"].toDouble(), ctx->saved_data["weight"].toDouble(),
-            ctx->saved_data["inv_scale"].toDouble(), ctx->saved_data["one_sided"].toBool()};
+            ctx->saved_data["inv_scale"].toDouble(), ctx->saved_data["exponent"].toDouble(),
+            ctx->saved_data["one_sided"].toBool()};
   }
 };
 
@@ -117,11 +121,11 @@ struct InterpBackward : public torch::autograd::Function<InterpBackward> {
 
 struct PenaltyForward : public torch::autograd::Function<PenaltyForward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& grads, double target, bool one_sided,
-                               double weight, double inv_scale) {
+                               double weight, double inv_scale, double exponent) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [values, norms] = penalty_forward_op().call(grads, target, one_sided, weight, inv_scale);
+    auto [values, norms] = penalty_forward_op().call(grads, target, one_sided, weight, inv_scale, exponent);
     ctx->save_for_backward({grads, norms});
-    Scalars{target, weight, inv_scale, one_sided}.save(ctx);
+    Scalars{target, weight, inv_scale, exponent, one_sided}.save(ctx);
     // The norms' dependence on grads is carried by penalty_backward's own derivative (the k term).
     ctx->mark_non_differentiable({norms});
     return {values, norms};
@@ -130,34 +134,35 @@ struct PenaltyForward : public torch::autograd::Function<PenaltyForward> {
     const auto saved = ctx->get_saved_variables();
     const auto s = Scalars::load(ctx);
     Tensor dgrads = penalty_backward_op().call(grads[0], saved[0], saved[1], s.target, s.one_sided, s.weight,
-                                               s.inv_scale);
-    return {dgrads, Tensor(), Tensor(), Tensor(), Tensor()};
+                                               s.inv_scale, s.exponent);
+    return {dgrads, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 struct PenaltyBackward : public torch::autograd::Function<PenaltyBackward> {
   static Tensor forward(AutogradContext* ctx, const Tensor& grad_values, const Tensor& grads, const Tensor& norms,
-                        double target, bool one_sided, double weight, double inv_scale) {
+                        double target, bool one_sided, double weight, double inv_scale, double exponent) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({grad_values, grads});
-    Scalars{target, weight, inv_scale, one_sided}.save(ctx);
-    return penalty_backward_op().call(grad_values, grads, norms, target, one_sided, weight, inv_scale);
+    Scalars{target, weight, inv_scale, exponent, one_sided}.save(ctx);
+    return penalty_backward_op().call(grad_values, grads, norms, target, one_sided, weight, inv_scale, exponent);
   }
   static variable_list backward(AutogradContext* ctx, variable_list v) {
     const auto saved = ctx->get_saved_variables();
     const auto s = Scalars::load(ctx);
     auto [d_gv, d_g] = penalty_double_backward_op().call(v[0], saved[0], saved[1], s.target, s.one_sided, s.weight,
-                                                         s.inv_scale);
+                                                         s.inv_scale, s.exponent);
     // norms get no gradient: the k term of d_g is the full derivative through them.
-    return {d_gv, d_g, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {d_gv, d_g, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 struct PenaltyDoubleBackward : public torch::autograd::Function<PenaltyDoubleBackward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& v, const Tensor& grad_values, const Tensor& grads,
-                               double target, bool one_sided, double weight, double inv_scale) {
+                               double target, bool one_sided, double weight, double inv_scale, double exponent) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [d_gv, d_g] = penalty_double_backward_op().call(v, grad_values, grads, target, one_sided, weight, inv_scale);
+    auto [d_gv, d_g] =
+        penalty_double_backward_op().call(v, grad_values, grads, target, one_sided, weight, inv_scale, exponent);
     return {d_gv, d_g};
   }
   static variable_list backward(AutogradContext*, variable_list) {
@@ -178,19 +183,20 @@ Tensor3 interp_backward_autograd(const Tensor& grad, const Tensor& real, const T
 }
 
 Tensor2 penalty_forward_autograd(const Tensor& grads, double target, bool one_sided, double weight,
-                                 double inv_scale) {
-  auto out = PenaltyForward::apply(grads, target, one_sided, weight, inv_scale);
+                                 double inv_scale, double exponent) {
+  auto out = PenaltyForward::apply(grads, target, one_sided, weight, inv_scale, exponent);
   return {out[0], out[1]};
 }
 
 Tensor penalty_backward_autograd(const Tensor& grad_values, const Tensor& grads, const Tensor& norms, double target,
-                                 bool one_sided, double weight, double inv_scale) {
-  return PenaltyBackward::apply(grad_values, grads, norms, target, one_sided, weight, inv_scale);
+                                 bool one_sided, double weight, double inv_scale, double exponent) {
+  return PenaltyBackward::apply(grad_values, grads, norms, target, one_sided, weight, inv_scale, exponent);
 }
 
 Tensor2 penalty_double_backward_autograd(const Tensor& v, const Tensor& grad_values, const Tensor& grads,
-                                         double target, bool one_sided, double weight, double inv_scale) {
-  auto out = PenaltyDoubleBackward::apply(v, grad_values, grads, target, one_sided, weight, inv_scale);
+                                         double target, bool one_sided, double weight, double inv_scale,
+                                         double exponent) {
+  auto out = PenaltyDoubleBackward::apply(v, grad_values, grads, target, one_sided, weight, inv_scale, exponent);
   return {out[0], out[1]};
 }
 

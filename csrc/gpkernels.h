@@ -22,6 +22,7 @@ struct PenaltyScalars {
   double target;     // t >= 0
   double weight;     // w >= 0
   double inv_scale;  // s > 0, finite
+  double exponent;   // p >= 1, finite
   bool one_sided;
 };
 
@@ -34,7 +35,7 @@ struct PenaltyScalars {
                        const at::TensorBase& fake, const at::TensorBase& alpha,                         \
                        const at::TensorBase& g_real, const at::TensorBase& g_fake,                      \
                        const at::TensorBase& g_alpha);                                                  \
-  /* norms_i = s ||g_i||, values_i = w d_i^2 */                                                         \
+  /* norms_i = s ||g_i||, values_i = w |d_i|^p */                                                       \
   void penalty_forward(const at::TensorBase& grads, const PenaltyScalars& p,                            \
                        const at::TensorBase& values, const at::TensorBase& norms);                      \
   /* dgrads_i = gout_i c_i g_i, c_i from norms_i (the forward's output) */                              \

@@ -84,12 +84,15 @@ void check_per_sample(const char* op, const at::Tensor& t, const at::Tensor& ref
 // penalty_backward and penalty_double_backward receive (through autograd) scalars the forward already
 // accepted, and a bad scalar there gives bad numbers, never an out-of-bounds access. Their tensor checks
 // stay: shapes, dtypes and devices are the kernels' memory-safety preconditions.
-PenaltyScalars checked_scalars(const char* op, double target, bool one_sided, double weight, double inv_scale) {
+PenaltyScalars checked_scalars(const char* op, double target, bool one_sided, double weight, double inv_scale,
+                               double exponent) {
   TORCH_CHECK_VALUE(std::isfinite(target) && target >= 0, op, ": target must be finite and >= 0, got ", target);
   TORCH_CHECK_VALUE(std::isfinite(weight) && weight >= 0, op, ": weight must be finite and >= 0, got ", weight);
   TORCH_CHECK_VALUE(std::isfinite(inv_scale) && inv_scale > 0, op, ": inv_scale must be finite and > 0, got ",
                     inv_scale);
-  return {target, weight, inv_scale, one_sided};
+  TORCH_CHECK_VALUE(std::isfinite(exponent) && exponent >= 1, op, ": exponent must be finite and >= 1, got ",
+                    exponent);
+  return {target, weight, inv_scale, exponent, one_sided};
 }
 
 #ifdef GPKERNELS_WITH_CUDA
@@ -132,10 +135,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interp_backward(const at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor> penalty_forward(const at::Tensor& grads, double target, bool one_sided,
-                                                   double weight, double inv_scale) {
+                                                   double weight, double inv_scale, double exponent) {
   constexpr const char* op = "gpkernels::penalty_forward";
   check_rows(op, grads, "grads");
-  const auto p = checked_scalars(op, target, one_sided, weight, inv_scale);
+  const auto p = checked_scalars(op, target, one_sided, weight, inv_scale, exponent);
   c10::OptionalDeviceGuard guard(grads.device());
   const auto opts = grads.options().dtype(accum_dtype(grads.scalar_type()));
   at::Tensor values = at::empty({grads.size(0)}, opts);
@@ -145,13 +148,13 @@ std::tuple<at::Tensor, at::Tensor> penalty_forward(const at::Tensor& grads, doub
 }
 
 at::Tensor penalty_backward(const at::Tensor& grad_values, const at::Tensor& grads, const at::Tensor& norms,
-                            double target, bool one_sided, double weight, double inv_scale) {
+                            double target, bool one_sided, double weight, double inv_scale, double exponent) {
   constexpr const char* op = "gpkernels::penalty_backward";
   check_rows(op, grads, "grads");
   const auto acc = accum_dtype(grads.scalar_type());
   check_per_sample(op, grad_values, grads, acc, "grad_values");
   check_per_sample(op, norms, grads, acc, "norms");
-  const PenaltyScalars p{target, weight, inv_scale, one_sided};  // checked by penalty_forward
+  const PenaltyScalars p{target, weight, inv_scale, exponent, one_sided};  // checked by penalty_forward
   c10::OptionalDeviceGuard guard(grads.device());
   const at::Tensor g = as_rows(grads);
   at::Tensor dgrads = at::empty_like(g);
@@ -161,13 +164,14 @@ at::Tensor penalty_backward(const at::Tensor& grad_values, const at::Tensor& gra
 
 std::tuple<at::Tensor, at::Tensor> penalty_double_backward(const at::Tensor& v, const at::Tensor& grad_values,
                                                            const at::Tensor& grads, double target,
-                                                           bool one_sided, double weight, double inv_scale) {
+                                                           bool one_sided, double weight, double inv_scale,
+                                                           double exponent) {
   constexpr const char* op = "gpkernels::penalty_double_backward";
   check_rows(op, grads, "grads");
   check_same(op, v, grads, "v", "grads");
   const auto acc = accum_dtype(grads.scalar_type());
   check_per_sample(op, grad_values, grads, acc, "grad_values");
-  const PenaltyScalars p{target, weight, inv_scale, one_sided};  // checked by penalty_forward
+  const PenaltyScalars p{target, weight, inv_scale, exponent, one_sided};  // checked by penalty_forward
   c10::OptionalDeviceGuard guard(grads.device());
   const at::Tensor g = as_rows(grads);
   const at::Tensor vr = rows_like(v, g);
@@ -182,12 +186,12 @@ std::tuple<at::Tensor, at::Tensor> penalty_double_backward(const at::Tensor& v, 
 TORCH_LIBRARY(gpkernels, m) {
   m.def("interp(Tensor real, Tensor fake, Tensor alpha) -> Tensor");
   m.def("interp_backward(Tensor grad, Tensor real, Tensor fake, Tensor alpha) -> (Tensor, Tensor, Tensor)");
-  m.def("penalty_forward(Tensor grads, float target, bool one_sided, float weight, float inv_scale)"
-        " -> (Tensor, Tensor)");
+  m.def("penalty_forward(Tensor grads, float target, bool one_sided, float weight, float inv_scale,"
+        " float exponent) -> (Tensor, Tensor)");
   m.def("penalty_backward(Tensor grad_values, Tensor grads, Tensor norms, float target, bool one_sided,"
-        " float weight, float inv_scale) -> Tensor");
+        " float weight, float inv_scale, float exponent) -> Tensor");
   m.def("penalty_double_backward(Tensor v, Tensor grad_values, Tensor grads, float target, bool one_sided,"
-        " float weight, float inv_scale) -> (Tensor, Tensor)");
+        " float weight, float inv_scale, float exponent) -> (Tensor, Tensor)");
 }
 
 #define GPK_REGISTER_IMPLS(m)                                      \

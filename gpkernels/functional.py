@@ -51,21 +51,24 @@ def interpolate(real, fake, alpha=None, *, generator=None, backend=None):
     return backends.select(where, backend, real.device).interpolate(real, fake, alpha)
 
 
-def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, reduction="mean", inv_scale=None,
+def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, exponent=2.0, reduction="mean", inv_scale=None,
             return_norms=False, backend=None):
     """The gradient penalty of per-sample gradients, norm over all non-batch dims.
 
-        n_i = inv_scale * ||grads_i||          (all non-batch dims of sample i)
-        d_i = n_i - target                     (one_sided: max(0, n_i - target))
-        loss = weight * reduce_i(d_i^2)        (reduce: mean, sum, or none)
+        n_i = inv_scale * ||grads_i||              (all non-batch dims of sample i)
+        d_i = n_i - target                         (one_sided: max(0, n_i - target))
+        loss = weight * reduce_i(|d_i|^exponent)   (reduce: mean, sum, or none)
 
     target=1 is WGAN-GP (Gulrajani et al. 2017), one_sided=True with target=1 is WGAN-LP, target=0 the
-    zero-centred R1/R2 form. With AMP, pass the critic's gradient of the *scaled* output and
-    inv_scale = 1 / scaler.get_scale(): the unscale happens inside the kernel.
+    zero-centred R1/R2 form; target=0 with exponent=6 is W-div's ||g||^p (Wu et al. 2018). With AMP, pass the
+    critic's gradient of the *scaled* output and inv_scale = 1 / scaler.get_scale(): the unscale happens inside
+    the kernel.
 
     Args:
         grads: (B, *) float32/float64/float16/bfloat16, e.g. autograd.grad(D(x).sum(), x, create_graph=True).
         target: float >= 0.  one_sided: bool.  weight: float >= 0 (lambda; 10 in the paper).
+        exponent: float >= 1 (p; 2 is the square). Where |d_i|^p has no finite derivative (p < 2 at d_i = 0,
+            or at a zero gradient) the derivative is taken as 0; see csrc/common/penalty_math.h.
         reduction: "mean" | "sum" | "none".
         inv_scale: None (1), or a float / one-element tensor > 0 (a tensor is read on the host).
         return_norms: also return the per-sample norms n_i, detached, for logging.
@@ -80,6 +83,7 @@ def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, reduction="mean",
     _checks.samples(where, "grads", grads)
     target = _checks.finite_number(where, "target", target)
     weight = _checks.finite_number(where, "weight", weight)
+    exponent = _checks.finite_number(where, "exponent", exponent, minimum=1.0)
     if not isinstance(one_sided, bool):
         raise TypeError(f"{where}: one_sided must be a bool, got {type(one_sided).__name__}")
     _checks.reduction(where, reduction)
@@ -92,7 +96,7 @@ def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, reduction="mean",
         inv_scale = inv_scale.item()
     inv_scale = _checks.finite_number(where, "inv_scale", inv_scale, strict=True)
     values, norms = backends.select(where, backend, grads.device).penalty_terms(grads, target, one_sided, weight,
-                                                                              inv_scale)
+                                                                              inv_scale, exponent)
     if reduction == "mean":
         loss = values.mean()
     elif reduction == "sum":

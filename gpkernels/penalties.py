@@ -495,9 +495,9 @@ def _gradient_penalty(where, spec, call):
     rows = [grads[i:i + n] for i in range(0, len(grads), n)]
     rows = [r[0] if n == 1 else torch.cat([x.reshape(batch, -1) for x in r], dim=1) for r in rows]
     g = rows[0] if len(rows) == 1 else torch.cat([r.reshape(batch, -1) for r in rows])
-    extra = {} if spec.exponent == 2 else dict(exponent=spec.exponent)   # TEMP until the exponent lands
     loss, norms = functional.penalty(g, target=spec.target, one_sided=spec.one_sided, weight=spec.weight,
-                                     inv_scale=inv_scale, return_norms=True, backend=backend, **extra)
+                                     exponent=spec.exponent, inv_scale=inv_scale, return_norms=True,
+                                     backend=backend)
     return (loss, norms) if call.return_norms else loss
 
 

@@ -4,7 +4,8 @@ plain-autograd penalty the demo, the trainer's --compare-reference and the bench
 They follow the papers' formulas directly and rely on autograd for every derivative (any order).
 Conventions shared with the fused kernels (csrc/common/penalty_math.h): accumulation in float32 for
 half/bfloat16/float32 input and float64 for float64 input; at a zero gradient the norm's derivative is 0;
-with target 0 the penalty is w * s^2 * ||g||^2, smooth everywhere.
+with target 0 and exponent 2 the penalty is w * s^2 * ||g||^2, smooth everywhere; with another exponent p the
+derivatives of w |d|^p are taken as 0 where d = 0 and at a zero gradient, as the kernels take them.
 """
 
 import torch
@@ -29,15 +30,17 @@ def interpolate(real, fake, alpha):
     return a * real + (1 - a) * fake
 
 
-def penalty_terms(grads, target, one_sided, weight, inv_scale):
+def penalty_terms(grads, target, one_sided, weight, inv_scale, exponent=2.0):
     """Per-sample penalty terms and norms.
 
     grads: (B, *). Returns (values (B,), norms (B,)) in the accumulation dtype, with
-    norms_i = inv_scale * ||grads_i|| over all non-batch dims and values_i = weight * d_i^2,
+    norms_i = inv_scale * ||grads_i|| over all non-batch dims and values_i = weight * |d_i|^exponent,
     d_i = norms_i - target (one-sided: max(0, d_i)).
     """
     g = grads.reshape(grads.shape[0], -1).to(accum_dtype(grads.dtype))
     sumsq = (g * g).sum(dim=1)
+    if exponent != 2:
+        return _power_terms(sumsq, target, one_sided, weight, inv_scale, exponent)
     if target == 0:
         values = weight * inv_scale**2 * sumsq
         norms = inv_scale * sumsq.sqrt()
@@ -51,6 +54,28 @@ def penalty_terms(grads, target, one_sided, weight, inv_scale):
     if one_sided:
         d = d.clamp_min(0)
     return weight * d * d, norms.detach()
+
+
+def _masked(x, keep, fn):
+    """fn(x) where keep, else 0, with fn evaluated at 1 elsewhere: every derivative there is 0, never NaN."""
+    return torch.where(keep, fn(torch.where(keep, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def _power_terms(sumsq, target, one_sided, weight, inv_scale, exponent):
+    """penalty_terms for an exponent p != 2, from the rows' sums of squares. The kernels take the derivatives
+    of w |d|^p as 0 at a zero gradient and where d = 0 (where they are 0, or infinite for p < 2); so does
+    this, through masks. The masks test "nonzero", not "positive", so that NaN stays NaN."""
+    nonzero = sumsq != 0
+    norms = _masked(sumsq, nonzero, torch.sqrt) * inv_scale
+    if target == 0:
+        # w (s^2 ||g||^2)^(p/2): from the sum of squares, no square root in the graph.
+        values = weight * _masked(sumsq, nonzero, lambda x: (inv_scale**2 * x) ** (exponent / 2))
+        return values, norms.detach()
+    d = norms - target
+    if one_sided:
+        d = d.clamp_min(0)
+    values = weight * _masked(d.abs(), d != 0, lambda x: x**exponent)
+    return values, norms.detach()
 
 
 # ------------------------------------------------------------------------------ the whole penalty
@@ -72,13 +97,18 @@ def _score(out, batch):
 
 
 def penalty_points(real, fake, *, sample="interpolate", alpha=None, generator=None, dragan_scale=0.5):
-    """Where the penalty is taken, (B, *), detached: sample "interpolate" (WGAN-GP), "real" (R1), "fake" (R2)
-    or "dragan" (between real and real + dragan_scale * std(real) * u, u ~ U[0, 1) per element).
+    """Where the penalty is taken, (B, *), detached: sample "interpolate" (WGAN-GP), "real" (R1), "fake" (R2),
+    "dragan" (between real and real + dragan_scale * std(real) * u, u ~ U[0, 1) per element), or
+    "real_and_fake": the 2B points torch.cat([real, fake]) (W-div's sampling, Wu et al. 2018; no draws).
     alpha: (B,) or None (drawn first; then DRAGAN's u)."""
     if sample == "real":
         return real.detach()
     if sample == "fake":
         return fake.detach()
+    if sample == "real_and_fake":
+        if fake is None:
+            raise ValueError("gpkernels.reference.penalty_points: sample 'real_and_fake' needs fake")
+        return torch.cat([real.detach(), fake.detach()])
     base = real
     a = draw_alpha(base, generator) if alpha is None else alpha
     a = per_sample_view(a.to(base.dtype), base)
@@ -95,12 +125,14 @@ def penalty_points(real, fake, *, sample="interpolate", alpha=None, generator=No
 
 
 def gradient_penalty(critic, real, fake=None, *, weight=10.0, target=1.0, one_sided=False, sample="interpolate",
-                     alpha=None, generator=None, dragan_scale=0.5, return_norms=False):
-    """weight * mean_i d_i^2 with d_i = ||grad_x D(x)_i|| - target (one_sided: max(0, d_i)), at the points of
-    `penalty_points`: WGAN-GP by default, WGAN-LP, R1/R2 (target 0) and DRAGAN by argument.
+                     alpha=None, generator=None, dragan_scale=0.5, return_norms=False, exponent=2.0):
+    """weight * mean_i |d_i|^exponent with d_i = ||grad_x D(x)_i|| - target (one_sided: max(0, d_i)), at the
+    points of `penalty_points`: WGAN-GP by default, WGAN-LP, R1/R2 (target 0), DRAGAN, and W-div (target 0,
+    exponent 6, sample "real_and_fake": the mean over all 2B points, one critic call) by argument.
 
     critic: (B, *) -> (B,) or (B, 1) scores (or a tuple whose first element is that). real, fake: (B, *) tensors.
-    Returns () in the accumulation dtype (and the (B,) norms, detached, with return_norms=True).
+    Returns () in the accumulation dtype (and the per-point norms, (B,) or (2B,), detached, with
+    return_norms=True).
     """
     x = penalty_points(real, fake, sample=sample, alpha=alpha, generator=generator,
                        dragan_scale=dragan_scale).requires_grad_(True)
@@ -110,13 +142,18 @@ def gradient_penalty(critic, real, fake=None, *, weight=10.0, target=1.0, one_si
     if target == 0:
         # ||g||^2 directly: the square of a norm has a NaN derivative at a zero gradient.
         sumsq = g.square().sum(dim=1)
-        loss = weight * sumsq.mean()
+        if exponent == 2:
+            loss = weight * sumsq.mean()
+        else:
+            # ||g||^p = (sum g^2)^(p/2), its derivative taken as 0 at a zero gradient (there it is 0 for p > 2
+            # and would be NaN for p < 2).
+            loss = weight * _masked(sumsq, sumsq != 0, lambda x: x ** (exponent / 2)).mean()
         return (loss, sumsq.detach().sqrt()) if return_norms else loss
     norms = g.norm(2, dim=1)
     d = norms - target
     if one_sided:
         d = d.clamp_min(0)
-    loss = weight * d.square().mean()
+    loss = weight * (d.square() if exponent == 2 else d.abs().pow(exponent)).mean()
     return (loss, norms.detach()) if return_norms else loss
 
 

@@ -130,9 +130,9 @@ def test_a_backend_is_one_registration(monkeypatch):
     order for the device types it ranks, and runs the public functions."""
     calls = []
 
-    def penalty_terms(grads, target, one_sided, weight, inv_scale):
+    def penalty_terms(grads, target, one_sided, weight, inv_scale, exponent):
         calls.append("penalty_terms")
-        return gpkernels.reference.penalty_terms(grads, target, one_sided, weight, inv_scale)
+        return gpkernels.reference.penalty_terms(grads, target, one_sided, weight, inv_scale, exponent)
 
     def interpolate(real, fake, alpha):
         calls.append("interpolate")

@@ -40,6 +40,11 @@ x = torch.randn(4, 3)
     (lambda b: gpkernels.penalty(x, inv_scale=torch.ones(2), backend=b), ValueError, "one-element tensor"),
     (lambda b: gpkernels.penalty(x, reduction="avg", backend=b), ValueError, "reduction must be one of"),
     (lambda b: gpkernels.penalty(x, one_sided="yes", backend=b), TypeError, "one_sided must be a bool"),
+    (lambda b: gpkernels.penalty(x, exponent=0.5, backend=b), ValueError, "exponent must be finite and >= 1"),
+    (lambda b: gpkernels.penalty(x, exponent=float("nan"), backend=b), ValueError, "exponent must be finite"),
+    (lambda b: gpkernels.penalty(x, exponent=float("inf"), backend=b), ValueError, "exponent must be finite"),
+    (lambda b: gpkernels.penalty(x, exponent="2", backend=b), TypeError, "exponent must be a number"),
+    (lambda b: gpkernels.penalty(x, exponent=None, backend=b), TypeError, "exponent must be a number"),
 ], ids=lambda v: None if callable(v) or isinstance(v, type) else v[:30])
 def test_public_functions_reject_bad_input(backend, device, call, error, match):
     require(backend, device)
@@ -71,23 +76,29 @@ i23 = torch.ones(2, 3, dtype=torch.int64)
     ("interp", (i23, i23, gv2), TypeError, "real must be float32, float64, float16 or bfloat16"),
     ("interp_backward", (g23, v23, v23.double(), gv2), TypeError, "fake must have the dtype of grad"),
     ("interp_backward", (g23, torch.randn(3, 3), v23, gv2), ValueError, "real must have the shape of grad"),
-    ("penalty_forward", (torch.randn(0, 3), 1.0, False, 1.0, 1.0), ValueError, "grads has an empty batch"),
-    ("penalty_forward", (torch.tensor(1.0), 1.0, False, 1.0, 1.0), ValueError, "grads must have a batch dimension"),
-    ("penalty_forward", (i23, 1.0, False, 1.0, 1.0), TypeError, "grads must be float32, float64, float16 or bfloat16"),
-    ("penalty_forward", (g23, -1.0, False, 1.0, 1.0), ValueError, "target must be finite and >= 0"),
-    ("penalty_forward", (g23, float("nan"), False, 1.0, 1.0), ValueError, "target must be finite"),
-    ("penalty_forward", (g23, 1.0, False, -10.0, 1.0), ValueError, "weight must be finite and >= 0"),
-    ("penalty_forward", (g23, 1.0, False, float("inf"), 1.0), ValueError, "weight must be finite"),
-    ("penalty_forward", (g23, 1.0, False, 1.0, 0.0), ValueError, "inv_scale must be finite and > 0"),
-    ("penalty_backward", (torch.rand(3), g23, gv2, 1.0, False, 1.0, 1.0), ValueError, "grad_values must have shape"),
-    ("penalty_backward", (gv2.double(), g23, gv2, 1.0, False, 1.0, 1.0), TypeError, "grad_values must be"),
-    ("penalty_backward", (gv2, g23, gv2.half(), 1.0, False, 1.0, 1.0), TypeError, "norms must be"),
-    ("penalty_backward", (gv2, i23, gv2, 1.0, False, 1.0, 1.0), TypeError, "grads must be float32"),
-    ("penalty_double_backward", (torch.randn(2, 4), gv2, g23, 1.0, False, 1.0, 1.0), ValueError,
+    ("penalty_forward", (torch.randn(0, 3), 1.0, False, 1.0, 1.0, 2.0), ValueError, "grads has an empty batch"),
+    ("penalty_forward", (torch.tensor(1.0), 1.0, False, 1.0, 1.0, 2.0), ValueError,
+     "grads must have a batch dimension"),
+    ("penalty_forward", (i23, 1.0, False, 1.0, 1.0, 2.0), TypeError,
+     "grads must be float32, float64, float16 or bfloat16"),
+    ("penalty_forward", (g23, -1.0, False, 1.0, 1.0, 2.0), ValueError, "target must be finite and >= 0"),
+    ("penalty_forward", (g23, float("nan"), False, 1.0, 1.0, 2.0), ValueError, "target must be finite"),
+    ("penalty_forward", (g23, 1.0, False, -10.0, 1.0, 2.0), ValueError, "weight must be finite and >= 0"),
+    ("penalty_forward", (g23, 1.0, False, float("inf"), 1.0, 2.0), ValueError, "weight must be finite"),
+    ("penalty_forward", (g23, 1.0, False, 1.0, 0.0, 2.0), ValueError, "inv_scale must be finite and > 0"),
+    ("penalty_backward", (torch.rand(3), g23, gv2, 1.0, False, 1.0, 1.0, 2.0), ValueError,
+     "grad_values must have shape"),
+    ("penalty_backward", (gv2.double(), g23, gv2, 1.0, False, 1.0, 1.0, 2.0), TypeError, "grad_values must be"),
+    ("penalty_backward", (gv2, g23, gv2.half(), 1.0, False, 1.0, 1.0, 2.0), TypeError, "norms must be"),
+    ("penalty_backward", (gv2, i23, gv2, 1.0, False, 1.0, 1.0, 2.0), TypeError, "grads must be float32"),
+    ("penalty_double_backward", (torch.randn(2, 4), gv2, g23, 1.0, False, 1.0, 1.0, 2.0), ValueError,
      "v must have the shape of grads"),
-    ("penalty_double_backward", (v23.double(), gv2, g23, 1.0, False, 1.0, 1.0), TypeError,
+    ("penalty_double_backward", (v23.double(), gv2, g23, 1.0, False, 1.0, 1.0, 2.0), TypeError,
      "v must have the dtype of grads"),
-    ("penalty_double_backward", (v23, gv2.double(), g23, 1.0, False, 1.0, 1.0), TypeError, "grad_values must be"),
+    ("penalty_double_backward", (v23, gv2.double(), g23, 1.0, False, 1.0, 1.0, 2.0), TypeError, "grad_values must be"),
+    ("penalty_forward", (g23, 1.0, False, 1.0, 1.0, 0.5), ValueError, "exponent must be finite and >= 1"),
+    ("penalty_forward", (g23, 1.0, False, 1.0, 1.0, float("nan")), ValueError, "exponent must be finite"),
+    ("penalty_forward", (g23, 1.0, False, 1.0, 1.0, float("inf")), ValueError, "exponent must be finite"),
 ])
 @pytest.mark.parametrize("namespace", ["gpkernels", "gpkernels_triton"])
 def test_ops_check_their_inputs_too(namespace, op, args, error, match):
@@ -98,8 +109,8 @@ def test_ops_check_their_inputs_too(namespace, op, args, error, match):
 
 
 @pytest.mark.parametrize("op,args", [
-    ("penalty_backward", (gv2, g23, gv2, -1.0, False, float("nan"), 0.0)),
-    ("penalty_double_backward", (v23, gv2, g23, -1.0, False, float("nan"), 0.0)),
+    ("penalty_backward", (gv2, g23, gv2, -1.0, False, float("nan"), 0.0, 0.5)),
+    ("penalty_double_backward", (v23, gv2, g23, -1.0, False, float("nan"), 0.0, float("nan"))),
 ])
 @pytest.mark.parametrize("namespace", ["gpkernels", "gpkernels_triton"])
 def test_derivative_ops_take_the_scalars_the_forward_checked(namespace, op, args):

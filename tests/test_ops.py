@@ -14,7 +14,9 @@ NAMESPACES = [
     pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(not native.LOADED, reason="extension not loaded")),
     pytest.param(TRITON, id="triton"),
 ]
-SCALAR_SETS = [(1.0, False, 10.0, 1.0), (1.0, True, 1.0, 0.5), (0.0, False, 2.0, 1.0)]
+# (target, one_sided, weight, inv_scale, exponent): the square path, and exponents p != 2 (W-div's p = 6).
+SCALAR_SETS = [(1.0, False, 10.0, 1.0, 2.0), (1.0, True, 1.0, 0.5, 2.0), (0.0, False, 2.0, 1.0, 2.0),
+               (1.0, True, 1.0, 0.5, 1.5), (0.0, False, 2.0, 1.0, 6.0)]
 
 
 def op_samples(dtype, grad):

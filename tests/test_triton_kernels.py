@@ -152,7 +152,7 @@ def test_penalty(case, dtype):
     # Forward.
     n_ref = s * g.norm(dim=1)
     d_ref = (n_ref - t).clamp(min=0.0) if o else n_ref - t
-    values, norms = OPS.penalty_forward(grads, t, o, w, s)
+    values, norms = OPS.penalty_forward(grads, t, o, w, s, 2.0)
     assert values.dtype == norms.dtype == acc and values.shape == norms.shape == (B,)
     assert_close(norms, n_ref, acc_tol, 0.0, "norms")
     assert_close(values, w * d_ref * d_ref, acc_tol, w * (n_ref + t) ** 2, "values")
@@ -161,14 +161,14 @@ def test_penalty(case, dtype):
     c_ref, k_ref = ref_coefs(n_ref, t, o, w, s)
     c_scale = torch.full_like(n_ref, 2 * w * s * s) if t == 0 else \
         2 * w * s * (n_ref + t) * s / torch.where(n_ref > 0, n_ref, torch.ones_like(n_ref))
-    dgrads = OPS.penalty_backward(gout, grads, norms, t, o, w, s)
+    dgrads = OPS.penalty_backward(gout, grads, norms, t, o, w, s, 2.0)
     assert dgrads.dtype == dtype and dgrads.shape == (B, N)
     assert_close(dgrads, (go * c_ref)[:, None] * g, row_tol, (go.abs() * c_scale)[:, None] * g.abs(), "dgrads")
 
     # Double backward.
     dot = (g * vv).sum(1)
     dot_scale = g.norm(dim=1) * vv.norm(dim=1)
-    d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, t, o, w, s)
+    d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, t, o, w, s, 2.0)
     assert d_gout.dtype == acc and d_gout.shape == (B,)
     assert d_grads.dtype == dtype and d_grads.shape == (B, N)
     assert_close(d_gout, c_ref * dot, acc_tol, c_scale * dot_scale, "d_gout")
@@ -211,12 +211,12 @@ def test_zero_rows_all_options(dtype):
     v = torch.ones(B, N, dtype=dtype)
     gout = torch.ones(B, dtype=acc)
     for t, o, s in OPTIONS:
-        values, norms = OPS.penalty_forward(grads, t, o, WEIGHT, s)
+        values, norms = OPS.penalty_forward(grads, t, o, WEIGHT, s, 2.0)
         assert torch.all(norms == 0)
         assert torch.all(values == (0.0 if o else WEIGHT * t * t))
-        dgrads = OPS.penalty_backward(gout, grads, norms, t, o, WEIGHT, s)
+        dgrads = OPS.penalty_backward(gout, grads, norms, t, o, WEIGHT, s, 2.0)
         assert torch.all(dgrads == 0)
-        d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, t, o, WEIGHT, s)
+        d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, t, o, WEIGHT, s, 2.0)
         assert torch.all(d_gout == 0)
         c = 2 * WEIGHT * s * s if t == 0 else 0.0
         assert torch.equal(d_grads, torch.full((B, N), c, dtype=torch.float64).to(dtype))
@@ -227,13 +227,13 @@ def test_one_sided_below_target():
     grads = make_rows(4, 64, torch.float32, 1.0, seed=4) * 0.3  # norms <= 0.54 < 1
     v = torch.randn(4, 64)
     gout = torch.ones(4)
-    values, norms = OPS.penalty_forward(grads, 1.0, True, WEIGHT, 1.0)
+    values, norms = OPS.penalty_forward(grads, 1.0, True, WEIGHT, 1.0, 2.0)
     assert torch.all(norms < 1.0) and torch.all(values == 0)
-    assert torch.all(OPS.penalty_backward(gout, grads, norms, 1.0, True, WEIGHT, 1.0) == 0)
-    d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, 1.0, True, WEIGHT, 1.0)
+    assert torch.all(OPS.penalty_backward(gout, grads, norms, 1.0, True, WEIGHT, 1.0, 2.0) == 0)
+    d_gout, d_grads = OPS.penalty_double_backward(v, gout, grads, 1.0, True, WEIGHT, 1.0, 2.0)
     assert torch.all(d_gout == 0) and torch.all(d_grads == 0)
     # Two-sided, the same rows are penalised.
-    values2, _ = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
+    values2, _ = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0, 2.0)
     assert torch.all(values2 > 0)
 
 
@@ -267,12 +267,12 @@ def test_gpu_plan(monkeypatch):
 def test_deterministic():
     grads = make_rows(*BIG, torch.float32, 1.0, seed=5)
     v = torch.randn(*BIG)
-    a = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
-    b = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0)
+    a = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0, 2.0)
+    b = OPS.penalty_forward(grads, 1.0, False, WEIGHT, 1.0, 2.0)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     gout = torch.ones(BIG[0])
-    a = OPS.penalty_double_backward(v, gout, grads, 1.0, False, WEIGHT, 1.0)
-    b = OPS.penalty_double_backward(v, gout, grads, 1.0, False, WEIGHT, 1.0)
+    a = OPS.penalty_double_backward(v, gout, grads, 1.0, False, WEIGHT, 1.0, 2.0)
+    b = OPS.penalty_double_backward(v, gout, grads, 1.0, False, WEIGHT, 1.0, 2.0)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -280,9 +280,9 @@ def test_fp32_scalars_are_rounded_like_the_cpp_kernels():
     """The scalars reach the kernel converted to the acc dtype (float for fp32 rows), as in PenaltyScalars."""
     grads = torch.zeros(1, 3)
     t = 1.0 + 2.0**-30  # not representable in fp32: rounds to 1.0f
-    values, _ = OPS.penalty_forward(grads, t, False, 1.0, 1.0)
+    values, _ = OPS.penalty_forward(grads, t, False, 1.0, 1.0, 2.0)
     assert values.item() == 1.0
-    values64, _ = OPS.penalty_forward(grads.double(), t, False, 1.0, 1.0)
+    values64, _ = OPS.penalty_forward(grads.double(), t, False, 1.0, 1.0, 2.0)
     assert values64.item() == t * t
 
 

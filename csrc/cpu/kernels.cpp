@@ -90,7 +90,7 @@ inline acc_t row_total(const std::vector<acc_t>& partial, const Tiles& tiles, in
 template <typename acc_t>
 math::PenaltyParams<acc_t> params_of(const PenaltyScalars& p) {
   return {static_cast<acc_t>(p.target), static_cast<acc_t>(p.weight), static_cast<acc_t>(p.inv_scale),
-          p.one_sided};
+          static_cast<acc_t>(p.exponent), p.one_sided};
 }
 
 #define GPK_DISPATCH(dtype, name, ...) \

@@ -89,7 +89,7 @@ inline unsigned loop_blocks(int64_t work) {
 template <typename acc_t>
 math::PenaltyParams<acc_t> params_of(const PenaltyScalars& p) {
   return {static_cast<acc_t>(p.target), static_cast<acc_t>(p.weight), static_cast<acc_t>(p.inv_scale),
-          p.one_sided};
+          static_cast<acc_t>(p.exponent), p.one_sided};
 }
 
 // A workspace of n accumulation-type values on `like`'s device, allocated on the current stream (the
@@ -172,9 +172,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// penalty_backward: dvalue_i/dg_i = c_i g_i with c_i = 2 w s d_i (s / n_i) (row_grad_coef; 0 where
-// ||g_i|| = 0, exactly 2 w s^2 where t = 0), so dgrads_i = gout_i c_i g_i. c_i comes from the forward's
-// norms: no reduction here.
+// penalty_backward: dvalue_i/dg_i = c_i g_i with c_i = w p phi(d_i) s (s / n_i) (row_grad_coef; p = 2:
+// 2 w s d_i (s / n_i), exactly 2 w s^2 where t = 0; 0 where ||g_i|| = 0 otherwise), so
+// dgrads_i = gout_i c_i g_i. c_i comes from the forward's norms: no reduction here.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     penalty_backward_kernel(const acc_t* gout, const acc_t* norms, const scalar_t* grads, scalar_t* dgrads,
@@ -321,7 +321,7 @@ struct InterpBackwardMode {
   }
 };
 
-// penalty_forward, rows (grads): n_i = s ||g_i||, value_i = w d_i^2 (row_norm, row_value) from sum g^2.
+// penalty_forward, rows (grads): n_i = s ||g_i||, value_i = w |d_i|^p (row_norm, row_value) from sum g^2.
 template <typename T>
 struct ForwardMode {
   using scalar_t = T;
@@ -345,8 +345,8 @@ struct ForwardMode {
 
 // penalty_double_backward, rows (grads, v). The backward is B(gout, g) = gout c(g) g; against an incoming v:
 //   dB/dgout_i = c_i <g_i, v_i>
-//   dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),  k_i = 2 w t s (s / n_i)^3  (row_second_coef;
-//                0 where t = 0, ||g_i|| = 0, or one-sided with n_i <= t)
+//   dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),  k_i = (dc_i/dn_i) s^2 / n_i  (row_second_coef;
+//                p = 2: 2 w t s (s / n_i)^3; 0 where ||g_i|| = 0, or one-sided with n_i <= t)
 // n_i is recomputed from g: one pass sums g^2 (part 0) and <g, v> (part 1). The epilogue writes
 // d_gout_i = c_i <g_i, v_i> and the coefficients of d_grads_i = a_i v_i + b_i g_i, a_i = gout_i c_i,
 // b_i = gout_i k_i <g_i, v_i>, which penalty_double_backward_apply_kernel applies.

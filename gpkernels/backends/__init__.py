@@ -45,8 +45,9 @@ class Backend:
     auto_rank: device type -> position in `auto`'s order for that device type (lower first), or None
         when `auto` should never pick it there.
     interpolate: (real (B, *), fake (B, *), alpha (B,) in real's dtype) -> (B, *).
-    penalty_terms: (grads (B, *), target, one_sided, weight, inv_scale) -> (values (B,), norms (B,)) in
-        the accumulation dtype, differentiable twice w.r.t. grads through values.
+    penalty_terms: (grads (B, *), target, one_sided, weight, inv_scale, exponent) -> (values (B,), norms (B,))
+        in the accumulation dtype (values_i = weight * |d_i|^exponent), differentiable twice w.r.t. grads
+        through values.
     any_order: autograd differentiates it to any order (the reference). A fused backend (False) gives
         exactly two derivatives of penalty_terms and raises NotImplementedError, saying "differentiable
         twice", on a third.

@@ -65,16 +65,16 @@ def _fake_interp_backward(grad, real, fake, alpha):
     return empty_rows_like(grad), empty_rows_like(grad), alpha.new_empty(grad.shape[0])
 
 
-def _fake_penalty_forward(grads, target, one_sided, weight, inv_scale):
+def _fake_penalty_forward(grads, target, one_sided, weight, inv_scale, exponent):
     acc = accum_dtype(grads.dtype)
     return grads.new_empty(grads.shape[0], dtype=acc), grads.new_empty(grads.shape[0], dtype=acc)
 
 
-def _fake_penalty_backward(grad_values, grads, norms, target, one_sided, weight, inv_scale):
+def _fake_penalty_backward(grad_values, grads, norms, target, one_sided, weight, inv_scale, exponent):
     return empty_rows_like(grads)
 
 
-def _fake_penalty_double_backward(v, grad_values, grads, target, one_sided, weight, inv_scale):
+def _fake_penalty_double_backward(v, grad_values, grads, target, one_sided, weight, inv_scale, exponent):
     return grad_values.new_empty(grads.shape[0]), empty_rows_like(grads)
 
 

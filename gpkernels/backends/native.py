@@ -63,8 +63,8 @@ def _interpolate(real, fake, alpha):
     return torch.ops.gpkernels.interp(real, fake, alpha)
 
 
-def _penalty_terms(grads, target, one_sided, weight, inv_scale):
-    return torch.ops.gpkernels.penalty_forward(grads, target, one_sided, weight, inv_scale)
+def _penalty_terms(grads, target, one_sided, weight, inv_scale, exponent):
+    return torch.ops.gpkernels.penalty_forward(grads, target, one_sided, weight, inv_scale, exponent)
 
 
 CPU = register(Backend(name="cpu", device_types=("cpu",), refusals=_cpu_refusals, auto_rank={"cpu": 0}.get,

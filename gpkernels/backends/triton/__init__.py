@@ -51,8 +51,8 @@ def _interpolate(real, fake, alpha):
     return torch.ops.gpkernels_triton.interp(real, fake, alpha)
 
 
-def _penalty_terms(grads, target, one_sided, weight, inv_scale):
-    return torch.ops.gpkernels_triton.penalty_forward(grads, target, one_sided, weight, inv_scale)
+def _penalty_terms(grads, target, one_sided, weight, inv_scale, exponent):
+    return torch.ops.gpkernels_triton.penalty_forward(grads, target, one_sided, weight, inv_scale, exponent)
 
 
 BACKEND = register(Backend(name="triton", device_types=("cpu", "cuda"), refusals=_refusals, auto_rank={"cuda": 1}.get,

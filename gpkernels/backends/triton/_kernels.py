@@ -5,19 +5,26 @@ Every launcher works on 2-D contiguous "row" tensors of shape (B, N) (sample i =
 float64 / float32 / float16 / bfloat16, and on 1-D per-sample tensors of length B. Arithmetic runs in the
 accumulation dtype: float32 for float32/float16/bfloat16 rows, float64 for float64 rows.
 
-The math (one sample i, g_i its gradient row; the same as csrc/common/penalty_math.h):
-    s = inv_scale, t = target >= 0, w = weight >= 0
+The math (one sample i, g_i its gradient row; the same as csrc/common/penalty_math.h, which derives it and
+lists the special cases):
+    s = inv_scale, t = target >= 0, w = weight >= 0, p = exponent >= 1
     n_i = s * ||g_i||
     d_i = n_i - t                                   (one-sided: max(0, n_i - t))
-    value_i = w * d_i^2
+    value_i = w * |d_i|^p
+    phi(d) = |d|^(p-1) sign(d),  phi'(d) = (p-1) |d|^(p-2)
   Backward, upstream gout_i of value_i:
-    dvalue_i/dg_i = c_i * g_i,   c_i = 2 w s d_i (s / n_i)
-    c_i = 2 w s^2 where t == 0 (smooth there, even at g_i = 0); c_i = 0 where n_i == 0 (t > 0);
+    dvalue_i/dg_i = c_i * g_i,   c_i = w p phi(d_i) s (s / n_i)
+    t == 0: c_i = w p s^2 n_i^(p-2) (p == 2: 2 w s^2, smooth there, even at g_i = 0)
+    c_i = 0 where n_i == 0 (but for p == 2, t == 0) and where d_i == 0 (p != 2);
     a NaN/inf norm makes c_i NaN on purpose, so that GradScaler sees the overflow and skips the step
   Double backward of B(gout, g) = gout * c(g) * g against an incoming v:
     dB/dgout_i = c_i <g_i, v_i>
-    dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),   k_i = 2 w t s (s / n_i)^3
-    k_i = 0 where t == 0, where n_i == 0, and one-sided where n_i <= t
+    dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),   k_i = w p s r^2 (s phi'(d_i) - r phi(d_i)), r = s / n_i
+    p == 2: k_i = 2 w t s r^3;  t == 0: k_i = w p (p-2) s^4 n_i^(p-4)
+    k_i = 0 where n_i == 0, one-sided where n_i <= t, and (p != 2) where d_i == 0
+  p == 2 runs today's square formulas (constexpr IS_SQUARE, chosen on the host from p rounded to ACC, as the
+  C++ kernels compare the ACC exponent with 2); other p use powers x^y = exp2(y log2 x) (libdevice's pow is
+  not available under the interpreter), exact for y in {0, 1}.
   Interpolation x = a_i real + (1 - a_i) fake:
     dx/dreal = a_i, dx/dfake = 1 - a_i, dL/da_i = <real_i - fake_i, gx_i>
 
@@ -46,6 +53,7 @@ explicit bit-level round-to-nearest-even (EMULATE_BF16_RNE, set to INTERPRETED);
 (Its float64 -> bfloat16 cast is wrong outright: ``astype(uint16)`` of the values. No kernel here does it.)
 """
 import functools
+import struct
 
 import torch
 import triton
@@ -92,33 +100,82 @@ def _row_excess(norm, t, ONE_SIDED: tl.constexpr):
 
 
 @triton.jit
-def _row_value(norm, t, w, ONE_SIDED: tl.constexpr):
-    # value_i = w * d_i^2.
-    d = _row_excess(norm, t, ONE_SIDED)
-    return w * d * d
+def _pow(x, y):
+    # x^y for x >= 0 (or NaN) as exp2(y log2 x): 0^y = 0 (the callers take it for y > 0 only); exact for
+    # y == 1, and 1 for y == 0 (as C's pow, NaN included). libdevice's pow would be more accurate compiled but
+    # does not run under the interpreter.
+    zero = x == 0.0
+    r = tl.exp2(y * tl.log2(tl.where(zero, 1.0, x)))
+    r = tl.where(zero, 0.0, r)
+    r = tl.where(y == 1.0, x, r)
+    return tl.where(y == 0.0, 1.0, r)
 
 
 @triton.jit
-def _row_grad_coef(norm, t, w, s, ONE_SIDED: tl.constexpr):
-    # c_i = 2 w s d_i (s / n_i); 2 w s^2 where t == 0; 0 where n_i == 0 (t > 0). A NaN norm stays NaN so
-    # that GradScaler sees a non-finite inner gradient in the parameter gradients.
+def _odd_power(d, p):
+    # phi(d) = |d|^(p-1) sign(d); 0 at d == 0 (p == 1 included). NaN passes on.
+    nz = d != 0.0
+    m = _pow(tl.where(nz, tl.abs(d), 1.0), p - 1.0)
+    m = tl.where(d < 0.0, -m, m)
+    return tl.where(nz, m, 0.0)
+
+
+@triton.jit
+def _odd_power_slope(d, p):
+    # phi'(d) = (p-1) |d|^(p-2); 0 at d == 0 (infinite there for p < 2, taken as 0). NaN passes on.
+    nz = d != 0.0
+    m = (p - 1.0) * _pow(tl.where(nz, tl.abs(d), 1.0), p - 2.0)
+    return tl.where(nz, m, 0.0)
+
+
+@triton.jit
+def _row_value(norm, t, w, p, ONE_SIDED: tl.constexpr, IS_SQUARE: tl.constexpr):
+    # value_i = w * |d_i|^p (w * d_i^2 for p == 2).
+    d = _row_excess(norm, t, ONE_SIDED)
+    if IS_SQUARE:
+        return w * d * d
+    else:
+        return w * _pow(tl.abs(d), p)
+
+
+@triton.jit
+def _row_grad_coef(norm, t, w, s, p, ONE_SIDED: tl.constexpr, IS_SQUARE: tl.constexpr):
+    # c_i = w p phi(d_i) s (s / n_i); t == 0: w p s^2 n_i^(p-2); 0 where n_i == 0. p == 2: 2 w s d_i (s / n_i),
+    # 2 w s^2 where t == 0 (even at n_i == 0). A NaN norm stays NaN so that GradScaler sees a non-finite
+    # inner gradient in the parameter gradients.
     pos = norm != 0.0
     safe = tl.where(pos, norm, 1.0)  # keeps the discarded lanes finite
     d = _row_excess(norm, t, ONE_SIDED)
-    c = 2.0 * w * s * d * _div(s, safe)
-    c = tl.where(pos, c, 0.0)
-    return tl.where(t == 0.0, 2.0 * w * s * s, c)
+    if IS_SQUARE:
+        c = 2.0 * w * s * d * _div(s, safe)
+        c = tl.where(pos, c, 0.0)
+        return tl.where(t == 0.0, 2.0 * w * s * s, c)
+    else:
+        wp = w * p
+        c0 = wp * s * s * _pow(safe, p - 2.0)
+        c1 = wp * s * _odd_power(d, p) * _div(s, safe)
+        c = tl.where(t == 0.0, c0, c1)
+        return tl.where(pos, c, 0.0)
 
 
 @triton.jit
-def _row_second_coef(norm, t, w, s, ONE_SIDED: tl.constexpr):
-    # k_i = 2 w t s r^3 with r = s / n_i; 0 where t == 0, where n_i == 0, and one-sided where n_i <= t
-    # (NaN passes on, as in _row_grad_coef).
+def _row_second_coef(norm, t, w, s, p, ONE_SIDED: tl.constexpr, IS_SQUARE: tl.constexpr):
+    # k_i = w p s r^2 (s phi'(d_i) - r phi(d_i)) with r = s / n_i; t == 0: w p (p-2) s^4 n_i^(p-4); p == 2:
+    # 2 w t s r^3 (0 where t == 0). 0 where n_i == 0 and one-sided where n_i <= t (NaN passes on, as in
+    # _row_grad_coef).
     pos = norm != 0.0
     safe = tl.where(pos, norm, 1.0)
     r = _div(s, safe)
-    k = 2.0 * w * t * s * r * r * r
-    live = pos & (t != 0.0)
+    if IS_SQUARE:
+        k = 2.0 * w * t * s * r * r * r
+        live = pos & (t != 0.0)
+    else:
+        wp = w * p
+        k0 = wp * (p - 2.0) * (s * s) * (s * s) * _pow(safe, p - 4.0)
+        d = _row_excess(norm, t, ONE_SIDED)
+        k1 = wp * s * r * r * (s * _odd_power_slope(d, p) - r * _odd_power(d, p))
+        k = tl.where(t == 0.0, k0, k1)
+        live = pos
     if ONE_SIDED:
         live = live & ((norm > t) | (norm != norm))
     return tl.where(live, k, 0.0)
@@ -216,6 +273,7 @@ def _rows_finalize_kernel(
     target: tl.float64,  # t >= 0 (fp64 scalar argument, converted to ACC in the kernel)
     weight: tl.float64,  # w >= 0 (fp64 scalar argument, converted to ACC in the kernel)
     inv_scale: tl.float64,  # s > 0 (fp64 scalar argument, converted to ACC in the kernel)
+    exponent: tl.float64,  # p >= 1 (fp64 scalar argument, converted to ACC in the kernel)
     norms_ptr,  # (B,) acc dtype: norms written (FORWARD) or read (BACKWARD); unused otherwise
     gout_ptr,  # (B,) acc dtype: upstream gradient of values (BACKWARD, DOUBLE); unused otherwise
     out0_ptr,  # (B,): values (FORWARD), a_i = gout_i c_i (BACKWARD, DOUBLE), g_alpha in rows' dtype (ALPHA)
@@ -226,6 +284,7 @@ def _rows_finalize_kernel(
     part_stride,  # B * nchunks: distance between the partial planes
     MODE: tl.constexpr,  # FIN_FORWARD, FIN_BACKWARD, FIN_DOUBLE or FIN_ALPHA
     ONE_SIDED: tl.constexpr,  # one-sided penalty: d_i = max(0, n_i - t)
+    IS_SQUARE: tl.constexpr,  # the exponent, rounded to ACC, is 2: the square formulas
     ACC: tl.constexpr,  # accumulation dtype, tl.float32 or tl.float64
     BLOCK_R: tl.constexpr,  # rows per program, a power of two
     EMULATE_BF16_RNE: tl.constexpr,  # round bf16 stores in software (interpreter only)
@@ -249,21 +308,22 @@ def _rows_finalize_kernel(
         t = tl.full([BLOCK_R], target, ACC)
         w = tl.full([BLOCK_R], weight, ACC)
         s = tl.full([BLOCK_R], inv_scale, ACC)
+        p = tl.full([BLOCK_R], exponent, ACC)
         if MODE == 0:
             norm = _row_norm(sum0, s)
             tl.store(norms_ptr + rows, norm, mask=rmask)
-            tl.store(out0_ptr + rows, _row_value(norm, t, w, ONE_SIDED), mask=rmask)
+            tl.store(out0_ptr + rows, _row_value(norm, t, w, p, ONE_SIDED, IS_SQUARE), mask=rmask)
         elif MODE == 1:
             norm = tl.load(norms_ptr + rows, mask=rmask, other=0.0)
             gout = tl.load(gout_ptr + rows, mask=rmask, other=0.0)
-            c = _row_grad_coef(norm, t, w, s, ONE_SIDED)
+            c = _row_grad_coef(norm, t, w, s, p, ONE_SIDED, IS_SQUARE)
             tl.store(out0_ptr + rows, gout * c, mask=rmask)
         else:
             norm = _row_norm(sum0, s)
             dot = sum1
             gout = tl.load(gout_ptr + rows, mask=rmask, other=0.0)
-            c = _row_grad_coef(norm, t, w, s, ONE_SIDED)
-            k = _row_second_coef(norm, t, w, s, ONE_SIDED)
+            c = _row_grad_coef(norm, t, w, s, p, ONE_SIDED, IS_SQUARE)
+            k = _row_second_coef(norm, t, w, s, p, ONE_SIDED, IS_SQUARE)
             tl.store(out0_ptr + rows, gout * c, mask=rmask)
             tl.store(out1_ptr + rows, gout * k * dot, mask=rmask)
             tl.store(out2_ptr + rows, c * dot, mask=rmask)
@@ -394,13 +454,24 @@ def launch_reduce(mode, nparts, x, y=None, z=None, alpha=None, out_y=None, out_z
 
 def launch_finalize(mode, B, part, nchunks, params, one_sided, acc, norms=None, gout=None, out0=None, out1=None,
                     out2=None):
-    """Run _rows_finalize_kernel over B rows (params: (target, weight, inv_scale) or None; acc: tl dtype)."""
+    """Run _rows_finalize_kernel over B rows (params: (target, weight, inv_scale, exponent) or None; acc: tl
+    dtype)."""
     block_r, grid = _fin_grid(B)
     dummy = part
-    t, w, s = params if params is not None else (0.0, 0.0, 1.0)
+    t, w, s, p = params if params is not None else (0.0, 0.0, 1.0, 2.0)
     _rows_finalize_kernel[grid](
-        part, t, w, s, norms if norms is not None else dummy,
+        part, t, w, s, p, norms if norms is not None else dummy,
         gout if gout is not None else dummy, out0, out1 if out1 is not None else dummy,
         out2 if out2 is not None else dummy, B, nchunks, B * max(nchunks, 1),
-        MODE=mode, ONE_SIDED=one_sided, ACC=acc, BLOCK_R=block_r, EMULATE_BF16_RNE=INTERPRETED,
-        num_warps=4)
+        MODE=mode, ONE_SIDED=one_sided, IS_SQUARE=is_square(p, acc), ACC=acc, BLOCK_R=block_r,
+        EMULATE_BF16_RNE=INTERPRETED, num_warps=4)
+
+
+def is_square(exponent: float, acc) -> bool:
+    """Whether the exponent, rounded to the accumulation dtype `acc` (a tl dtype) as the kernels see it, is 2:
+    the C++ kernels take their square path on the same test (PenaltyParams holds the rounded exponent)."""
+    if exponent == 2.0:
+        return True
+    if acc == tl.float32 and abs(exponent - 2.0) < 1e-6:  # (packing a huge double as "f" would raise)
+        return struct.unpack("f", struct.pack("f", exponent))[0] == 2.0
+    return False

@@ -2,12 +2,14 @@
 penalty_backward and penalty_double_backward, their launch sequences and autograd (the compiled ops carry
 the same derivatives in C++, csrc/autograd.cpp). Reference: gpkernels.reference.penalty_terms.
 
-Per sample i (g_i flattened, s = inv_scale, t = target, w = weight; csrc/common/penalty_math.h):
-    penalty_forward:          norms_i = s ||g_i||, values_i = w d_i^2, d_i = norms_i - t (one-sided: max(0, .))
-    penalty_backward:         dgrads_i = gv_i c_i g_i,  c_i = 2 w s d_i / ||g_i||     (gv: gradient of values)
+Per sample i (g_i flattened, s = inv_scale, t = target, w = weight, p = exponent; csrc/common/penalty_math.h
+has the derivation and the special cases):
+    penalty_forward:          norms_i = s ||g_i||, values_i = w |d_i|^p, d_i = norms_i - t (one-sided: max(0, .))
+    penalty_backward:         dgrads_i = gv_i c_i g_i,  c_i = w p phi(d_i) s^2 / n_i  (gv: gradient of values,
+                              phi(d) = |d|^(p-1) sign(d); p = 2: c_i = 2 w s d_i / ||g_i||)
     penalty_double_backward:  for V (the gradient reaching dgrads):
                               d gv_i = c_i <g_i, V_i>,  d g_i = gv_i (c_i V_i + k_i <g_i, V_i> g_i),
-                              k_i = 2 w s t / ||g_i||^3
+                              k_i = (dc_i/dn_i) s^2 / n_i  (p = 2: k_i = 2 w s t / ||g_i||^3)
 penalty_backward takes the forward's norms as an input instead of stashing intermediates; its own
 derivative is the full derivative in g (the k term accounts for the norms' dependence on g), so the norms
 get no gradient there, and they are a non-differentiable output of penalty_forward.
@@ -32,13 +34,14 @@ def _kernels():
 
 @torch.library.custom_op("gpkernels_triton::penalty_forward", mutates_args=())
 def penalty_forward(grads: torch.Tensor, target: float, one_sided: bool, weight: float,
-                    inv_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    inv_scale: float, exponent: float) -> tuple[torch.Tensor, torch.Tensor]:
     """grads: (B, *). Returns (values (B,), norms (B,)) in the accumulation dtype."""
     where = "gpkernels_triton::penalty_forward"
     _checks.samples(where, "grads", grads)
     _checks.finite_number(where, "target", target)
     _checks.finite_number(where, "weight", weight)
     _checks.finite_number(where, "inv_scale", inv_scale, strict=True)
+    _checks.finite_number(where, "exponent", exponent, minimum=1.0)
     K = _kernels()
     rows = S.matrix(S.as_rows(grads))
     B = rows.shape[0]
@@ -46,14 +49,14 @@ def penalty_forward(grads: torch.Tensor, target: float, one_sided: bool, weight:
     values = torch.empty((B,), dtype=acc, device=grads.device)
     norms = torch.empty((B,), dtype=acc, device=grads.device)
     part, nchunks = K.launch_reduce(K.RED_SUMSQ, 1, rows)
-    K.launch_finalize(K.FIN_FORWARD, B, part, nchunks, (target, weight, inv_scale), one_sided, K.tl_acc(acc),
-                      norms=norms, out0=values)
+    K.launch_finalize(K.FIN_FORWARD, B, part, nchunks, (target, weight, inv_scale, exponent), one_sided,
+                      K.tl_acc(acc), norms=norms, out0=values)
     return values, norms
 
 
 @torch.library.custom_op("gpkernels_triton::penalty_backward", mutates_args=())
 def penalty_backward(grad_values: torch.Tensor, grads: torch.Tensor, norms: torch.Tensor, target: float,
-                     one_sided: bool, weight: float, inv_scale: float) -> torch.Tensor:
+                     one_sided: bool, weight: float, inv_scale: float, exponent: float) -> torch.Tensor:
     """grad_values, norms: (B,) accumulation dtype (norms as penalty_forward returned them); grads: (B, *).
     Returns dgrads (B, *) = grad_values_i c_i g_i."""
     where = "gpkernels_triton::penalty_backward"
@@ -66,8 +69,8 @@ def penalty_backward(grad_values: torch.Tensor, grads: torch.Tensor, norms: torc
     rows = S.matrix(g)
     B = rows.shape[0]
     coef = torch.empty((B,), dtype=acc, device=grads.device)
-    K.launch_finalize(K.FIN_BACKWARD, B, coef, 0, (target, weight, inv_scale), one_sided, K.tl_acc(acc),
-                      norms=norms.contiguous(), gout=grad_values.contiguous(), out0=coef)
+    K.launch_finalize(K.FIN_BACKWARD, B, coef, 0, (target, weight, inv_scale, exponent), one_sided,
+                      K.tl_acc(acc), norms=norms.contiguous(), gout=grad_values.contiguous(), out0=coef)
     dgrads = torch.empty_like(rows)
     K.launch_axpby(rows, coef, dgrads)
     return S.unmatrix(dgrads, g)
@@ -75,7 +78,8 @@ def penalty_backward(grad_values: torch.Tensor, grads: torch.Tensor, norms: torc
 
 @torch.library.custom_op("gpkernels_triton::penalty_double_backward", mutates_args=())
 def penalty_double_backward(v: torch.Tensor, grad_values: torch.Tensor, grads: torch.Tensor, target: float,
-                            one_sided: bool, weight: float, inv_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                            one_sided: bool, weight: float, inv_scale: float,
+                            exponent: float) -> tuple[torch.Tensor, torch.Tensor]:
     """v, grads: (B, *); grad_values: (B,). Returns (d_grad_values (B,), d_grads (B, *)): dot_i = <g_i, v_i>
     and n_i in one pass, d_grad_values_i = c_i dot_i, d_grads_i = a_i v_i + b_i g_i with a_i = gv_i c_i and
     b_i = gv_i k_i dot_i."""
@@ -92,8 +96,8 @@ def penalty_double_backward(v: torch.Tensor, grad_values: torch.Tensor, grads: t
     coef_v = torch.empty((B,), dtype=acc, device=grads.device)  # a_i = gv_i c_i
     coef_g = torch.empty((B,), dtype=acc, device=grads.device)  # b_i = gv_i k_i dot_i
     d_gv = torch.empty((B,), dtype=acc, device=grads.device)  # c_i dot_i
-    K.launch_finalize(K.FIN_DOUBLE, B, part, nchunks, (target, weight, inv_scale), one_sided, K.tl_acc(acc),
-                      gout=grad_values.contiguous(), out0=coef_v, out1=coef_g, out2=d_gv)
+    K.launch_finalize(K.FIN_DOUBLE, B, part, nchunks, (target, weight, inv_scale, exponent), one_sided,
+                      K.tl_acc(acc), gout=grad_values.contiguous(), out0=coef_v, out1=coef_g, out2=d_gv)
     d_grads = torch.empty_like(rows)
     K.launch_axpby(v_rows, coef_v, d_grads, y=rows, b=coef_g)
     return d_gv, S.unmatrix(d_grads, g)
@@ -111,7 +115,7 @@ def _setup_forward(ctx, inputs, output):
 
 def _forward_vjp(ctx, grad_values, grad_norms):
     grads, norms = ctx.saved_tensors
-    return (penalty_backward(grad_values, grads, norms, *ctx.scalars),) + (None,) * 4
+    return (penalty_backward(grad_values, grads, norms, *ctx.scalars),) + (None,) * 5
 
 
 def _setup_backward(ctx, inputs, output):
@@ -123,7 +127,7 @@ def _setup_backward(ctx, inputs, output):
 def _backward_vjp(ctx, v):
     grad_values, grads = ctx.saved_tensors
     d_gv, d_g = penalty_double_backward(v, grad_values, grads, *ctx.scalars)
-    return (d_gv, d_g) + (None,) * 5
+    return (d_gv, d_g) + (None,) * 6
 
 
 def _third_order(ctx, *grads):
