@@ -96,10 +96,12 @@ def _score(out, batch):
     return out.reshape(batch)
 
 
-def penalty_points(real, fake, *, sample="interpolate", alpha=None, generator=None, dragan_scale=0.5):
+def penalty_points(real, fake, *, sample="interpolate", alpha=None, generator=None, dragan_scale=0.5,
+                   dragan_correction=0, dragan_noise="uniform"):
     """Where the penalty is taken, (B, *), detached: sample "interpolate" (WGAN-GP), "real" (R1), "fake" (R2),
-    "dragan" (between real and real + dragan_scale * std(real) * u, u ~ U[0, 1) per element), or
-    "real_and_fake": the 2B points torch.cat([real, fake]) (W-div's sampling, Wu et al. 2018; no draws).
+    "dragan" (between real and real + dragan_scale * std(real) * u, u ~ U[0, 1) per element, or N(0, 1) with
+    dragan_noise="normal"; the std over the whole batch with Bessel's correction `dragan_correction`, 0 or 1),
+    or "real_and_fake": the 2B points torch.cat([real, fake]) (W-div's sampling, Wu et al. 2018; no draws).
     alpha: (B,) or None (drawn first; then DRAGAN's u)."""
     if sample == "real":
         return real.detach()
@@ -117,15 +119,17 @@ def penalty_points(real, fake, *, sample="interpolate", alpha=None, generator=No
             return a * real + (1 - a) * fake
         if sample == "dragan":
             acc = accum_dtype(real.dtype)
-            u = torch.rand(real.shape, generator=generator, device=real.device, dtype=acc)
+            noise = torch.rand if dragan_noise == "uniform" else torch.randn
+            u = noise(real.shape, generator=generator, device=real.device, dtype=acc)
             wide = real.to(acc)
-            perturbed = (wide + dragan_scale * wide.std(correction=0) * u).to(real.dtype)
+            perturbed = (wide + dragan_scale * wide.std(correction=dragan_correction) * u).to(real.dtype)
             return a * perturbed + (1 - a) * real
     raise ValueError(f"gpkernels.reference.penalty_points: unknown sample {sample!r}")
 
 
 def gradient_penalty(critic, real, fake=None, *, weight=10.0, target=1.0, one_sided=False, sample="interpolate",
-                     alpha=None, generator=None, dragan_scale=0.5, return_norms=False, exponent=2.0):
+                     alpha=None, generator=None, dragan_scale=0.5, dragan_correction=0, dragan_noise="uniform",
+                     return_norms=False, exponent=2.0):
     """weight * mean_i |d_i|^exponent with d_i = ||grad_x D(x)_i|| - target (one_sided: max(0, d_i)), at the
     points of `penalty_points`: WGAN-GP by default, WGAN-LP, R1/R2 (target 0), DRAGAN, and W-div (target 0,
     exponent 6, sample "real_and_fake": the mean over all 2B points, one critic call) by argument.
@@ -134,8 +138,8 @@ def gradient_penalty(critic, real, fake=None, *, weight=10.0, target=1.0, one_si
     Returns () in the accumulation dtype (and the per-point norms, (B,) or (2B,), detached, with
     return_norms=True).
     """
-    x = penalty_points(real, fake, sample=sample, alpha=alpha, generator=generator,
-                       dragan_scale=dragan_scale).requires_grad_(True)
+    x = penalty_points(real, fake, sample=sample, alpha=alpha, generator=generator, dragan_scale=dragan_scale,
+                       dragan_correction=dragan_correction, dragan_noise=dragan_noise).requires_grad_(True)
     batch = x.shape[0]
     (g,) = torch.autograd.grad(_score(critic(x), batch).sum(), x, create_graph=True)
     g = g.reshape(batch, -1).to(accum_dtype(g.dtype))

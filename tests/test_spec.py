@@ -124,3 +124,29 @@ def test_reference_finite_difference_equals_the_fused_one():
     fused = gpkernels.finite_difference_penalty(D, real, fake, generator=torch.Generator().manual_seed(3))
     plain = reference.finite_difference_penalty(D, real, fake, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [dict(sample="dragan", dragan_correction=1, dragan_noise="normal"),
+                                    dict(target=0.0, exponent=3.0),
+                                    dict(target=0.0, exponent=6.0, sample="real_and_fake", weight=2.0),
+                                    dict(exponent=1.5, one_sided=True)], ids=str)
+def test_reference_penalty_follows_the_newer_options(kwargs):
+    D, real, fake = critic(), torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    fused = gpkernels.gradient_penalty(D, real, fake, generator=torch.Generator().manual_seed(3), **kwargs)
+    plain = reference.gradient_penalty(D, real, fake, generator=torch.Generator().manual_seed(3), **kwargs)
+    torch.testing.assert_close(fused, plain, rtol=1e-11, atol=1e-12)
+
+
+def test_wdiv_equals_the_popular_formula():
+    """k/2 * mean(||grad D(real)||^p + ||grad D(fake)||^p), k = 2, p = 6, as the popular W-div code writes it."""
+    D, real, fake = critic(), torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    r, f = real.clone().requires_grad_(True), fake.clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(D(r).sum(), r, create_graph=True)
+    (gf,) = torch.autograd.grad(D(f).sum(), f, create_graph=True)
+    k, p = 2, 6
+    want = (gr.reshape(8, -1).pow(2).sum(1) ** (p / 2) + gf.reshape(8, -1).pow(2).sum(1) ** (p / 2)).mean() * k / 2
+    got = gpkernels.wdiv_penalty(D, real, fake)
+    torch.testing.assert_close(got, want)
+    params = list(D.parameters())[:-1]
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        torch.testing.assert_close(a, b)
