@@ -127,6 +127,17 @@ def _check_coupling(where, critic, couplings, strict):
     warnings.warn(message, UserWarning, stacklevel=5)
 
 
+def _alpha_per_sample(where, name, alpha, batch):
+    """alpha holds one mixing weight per sample: (B,) or (B, 1, ..., 1)."""
+    if not isinstance(alpha, torch.Tensor):
+        raise TypeError(f"{where}: {name} must be a tensor of mixing weights, got {type(alpha).__name__}")
+    if alpha.numel() != batch or (alpha.dim() and alpha.shape[0] != batch):
+        hint = (f"; for one weight for the whole batch, as some scripts draw it, pass {name}=eps.reshape(1).expand({batch})"
+                if alpha.numel() == 1 else "")
+        raise ValueError(f"{where}: {name} must hold one mixing weight per sample, shape ({batch},) or "
+                         f"({batch}, 1, ..., 1); got {tuple(alpha.shape)}{hint}")
+
+
 def _critic_fn(where, critic):
     if not torch.is_grad_enabled():
         raise RuntimeError(f"{where}: autograd is disabled here (torch.no_grad() or inference_mode); the "
@@ -397,6 +408,49 @@ class _Inputs(typing.NamedTuple):
     options_given: tuple = ()      # the penalty options this call named by keyword (for a clear collision error)
 
 
+_PARAMETER_NAMES = {}     # a critic's forward (or function) -> the names it takes by keyword
+
+
+def _parameter_names(critic):
+    """The keyword-capable parameter names of critic's forward (a module) or of the callable; empty when its
+    signature is unknown or takes only *args/**kwargs (DataParallel, DDP)."""
+    fn = critic.forward if isinstance(critic, nn.Module) else critic
+    key = getattr(fn, "__func__", fn)
+    try:
+        return _PARAMETER_NAMES[key]
+    except (KeyError, TypeError):
+        pass
+    try:
+        params = inspect.signature(fn).parameters.values()
+        names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    except (TypeError, ValueError):
+        names = frozenset()
+    if len(_PARAMETER_NAMES) < 256:
+        try:
+            _PARAMETER_NAMES[key] = names
+        except TypeError:       # unhashable callable
+            pass
+    return names
+
+
+def _options_not_the_critics(where, critic, given, critic_kwargs):
+    """A keyword the penalty takes as its own option (weight=, target=, ...) must not be meant for the critic:
+    a tensor value, or a critic that has an argument of that name while critic_kwargs= was not given, is
+    ambiguous, and raises a TypeError that says how to tell them apart."""
+    for k, _, v in given:
+        if isinstance(v, torch.Tensor):
+            raise TypeError(f"{where}: {k}= is a tensor, but the penalty's {k} is a number. If it is the critic's "
+                            f"argument {k!r}, pass it as critic_kwargs={{{k!r}: ...}}")
+    if critic_kwargs is not None:
+        return
+    clash = [k for k, _, _ in given if k in _parameter_names(critic)]
+    if clash:
+        k = clash[0]
+        raise TypeError(f"{where}: {k}= is ambiguous: it is the penalty's {k} and the critic also takes an argument "
+                        f"called {k!r}. Say which: critic_kwargs={{{k!r}: ...}} for the critic's (and {k}= for "
+                        f"the penalty's), or critic_kwargs={{}} to leave the critic's default")
+
+
 def _critic_kwargs(where, extra, mapping):
     """The critic's keyword arguments: the explicit critic_kwargs= mapping and the other keywords."""
     if mapping is None:
@@ -443,6 +497,8 @@ def _gradient_penalty(where, spec, call):
         _matching(where, r_parts, r_kind, f_parts, f_kind)
     base, kind = (f_parts, f_kind) if sample == "fake" else (r_parts, r_kind)
     batch = base[0].shape[0]
+    if alpha is not None:
+        _alpha_per_sample(where, "alpha", alpha, batch)
 
     # The points, as fresh leaves: no autograd history into real/fake, and the caller's tensors untouched.
     # One set of points per critic call: two for "real_and_fake" (W-div), one otherwise.
@@ -524,6 +580,8 @@ def _finite_difference(where, spec, call):
             a2 = draw_alpha(r_parts[0], call.generator)
         else:
             a1, a2 = alpha
+            _alpha_per_sample(where, "alpha[0]", a1, batch)
+            _alpha_per_sample(where, "alpha[1]", a2, batch)
         x1 = [functional.interpolate(r, f, a1, backend=spec.backend) for r, f in zip(r_parts, f_parts)]
         x2 = [functional.interpolate(r, f, a2, backend=spec.backend) for r, f in zip(r_parts, f_parts)]
         # Distances between the points actually fed to the critic, and between real and fake.
@@ -612,6 +670,7 @@ def _preset(name, data, options, fixed, doc):
         given = tuple((k, type(a[k]), a[k]) for k in spec_options if k in a)
         spec = defaults
         if given:
+            _options_not_the_critics(where, a["critic"], given, a.get("critic_kwargs"))
             try:
                 spec = specs[given]
             except (KeyError, TypeError):   # TypeError: an unhashable value, which the spec's check refuses

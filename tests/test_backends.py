@@ -39,6 +39,10 @@ def test_auto_prefers_the_compiled_cpu_kernels(monkeypatch):
 
 
 def test_use_backend_context_and_explicit_argument(monkeypatch):
+    fused = [n for n in gpkernels.available_backends("cpu") if n != "reference"]
+    if not fused:
+        pytest.skip("no fused backend serves CPU tensors here")
+    expected_auto = backends.choose("cpu")
     seen = _spy_on_select(monkeypatch)
     g = torch.randn(3, 4)
     with gpkernels.use_backend("reference"):
@@ -46,10 +50,9 @@ def test_use_backend_context_and_explicit_argument(monkeypatch):
         gpkernels.penalty(g)
         with gpkernels.use_backend("auto"):
             gpkernels.penalty(g)
-        gpkernels.penalty(g, backend="triton")
+        gpkernels.penalty(g, backend=fused[-1])
     assert gpkernels.current_backend() == "auto"
-    expected_auto = "cpu" if native.LOADED else "reference"
-    assert seen == ["reference", expected_auto, "triton"]
+    assert seen == ["reference", expected_auto, fused[-1]]
     with pytest.raises(ValueError, match="unknown backend"):
         with gpkernels.use_backend("fast"):
             pass
@@ -73,7 +76,8 @@ def test_auto_fallback_warns_once_and_says_why(monkeypatch):
 
 def test_available_backends_and_report():
     names = gpkernels.available_backends("cpu")
-    assert "reference" in names and "triton" in names  # the suite runs under TRITON_INTERPRET=1
+    assert "reference" in names
+    assert ("triton" in names) == gpkernels.backends.triton.interpreted()  # conftest: TRITON_INTERPRET=1 w/o GPU
     assert ("cpu" in names) == native.LOADED
     assert "cuda" not in names
     report = gpkernels.backend_report()

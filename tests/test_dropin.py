@@ -47,15 +47,44 @@ def test_critic_kwargs_reach_the_critic_even_when_named_like_options():
     torch.testing.assert_close(gpkernels.gradient_penalty(D, real, fake, 2.0, alpha=alpha), got)
 
 
-def test_a_taken_option_the_critic_needed_is_named():
+def test_an_option_named_like_a_critic_argument_must_be_disambiguated():
     D, (real, fake) = Conditional(), data()
-    with pytest.raises(TypeError, match=r"gpkernels.gradient_penalty: weight= was taken as the penalty's weight, "
-                                        r"but the critic needs an argument called 'weight'.*critic_kwargs="):
+    with pytest.raises(TypeError, match=r"gpkernels.gradient_penalty: weight= is ambiguous: it is the penalty's "
+                                        r"weight and the critic also takes an argument called 'weight'.*"
+                                        r"critic_kwargs=\{'weight': \.\.\.\}"):
         gpkernels.gradient_penalty(D, real, fake, weight=3.0)
+    with pytest.raises(TypeError, match=r"target= is ambiguous"):      # an optional critic argument too
+        gpkernels.gradient_penalty(D, real, fake, 2.0, target=1.0)
+    # critic_kwargs={} says "the penalty's": the critic keeps its default.
+    alpha = torch.rand(B, dtype=torch.float64)
+    got = gpkernels.gradient_penalty(D, real, fake, 2.0, target=1.0, alpha=alpha, critic_kwargs={})
+    torch.testing.assert_close(got, gpkernels.gradient_penalty(lambda x: D(x, 2.0), real, fake, alpha=alpha))
+    with pytest.raises(TypeError, match=r"weight= is a tensor, but the penalty's weight is a number. If it is the "
+                                        r"critic's argument 'weight', pass it as critic_kwargs="):
+        gpkernels.gradient_penalty(D, real, fake, weight=torch.tensor(2.0))
+
+
+def test_a_taken_option_the_critic_needed_is_named_where_its_signature_is_hidden():
+    """Behind *args/**kwargs (a wrapper) the ambiguity shows only when the critic fails: its error is explained."""
+    D, (real, fake) = Conditional(), data()
+
+    def hidden(*args, **kwargs):
+        return D(*args, **kwargs)
+
+    with pytest.raises(TypeError, match=r"weight= was taken as the penalty's weight, but the critic needs an "
+                                        r"argument called 'weight'.*critic_kwargs="):
+        gpkernels.gradient_penalty(hidden, real, fake, weight=3.0)
     with pytest.raises(TypeError, match="given both as a keyword and in critic_kwargs"):
         gpkernels.gradient_penalty(D, real, fake, critic_kwargs={"y": 1}, y=2)
     with pytest.raises(TypeError, match="critic_kwargs must be a mapping"):
         gpkernels.gradient_penalty(D, real, fake, critic_kwargs=[("weight", 1.0)])
+
+
+def test_one_alpha_for_the_whole_batch_is_refused_with_the_replay_recipe():
+    D, (real, fake) = Conditional(), data()
+    with pytest.raises(ValueError, match=r"gpkernels.gradient_penalty: alpha must hold one mixing weight per "
+                                         r"sample.*pass alpha=eps.reshape\(1\).expand\(6\)"):
+        gpkernels.gradient_penalty(D, real, fake, 2.0, alpha=torch.rand(1, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("score,out", [

@@ -117,7 +117,8 @@ def test_derivative_ops_take_the_scalars_the_forward_checked(namespace, op, args
     """penalty_forward checks the scalars for the whole derivative chain; the backward ops of both namespaces
     take them as given (a bad one gives bad numbers, never an out-of-bounds access) and check only their
     tensors."""
-    if namespace == "gpkernels" and not gpkernels.backends.native.LOADED:
-        pytest.skip("extension not loaded")
+    reasons = gpkernels.backends.refusals("cpu" if namespace == "gpkernels" else "triton", "cpu")
+    if reasons:
+        pytest.skip("; ".join(reasons))
     out = getattr(getattr(torch.ops, namespace), op)(*args)
     assert all(o.shape[0] == 2 for o in (out if isinstance(out, tuple) else (out,)))
