@@ -132,8 +132,8 @@ def _alpha_per_sample(where, name, alpha, batch):
     if not isinstance(alpha, torch.Tensor):
         raise TypeError(f"{where}: {name} must be a tensor of mixing weights, got {type(alpha).__name__}")
     if alpha.numel() != batch or (alpha.dim() and alpha.shape[0] != batch):
-        hint = (f"; for one weight for the whole batch, as some scripts draw it, pass {name}=eps.reshape(1).expand({batch})"
-                if alpha.numel() == 1 else "")
+        hint = (f"; for one weight for the whole batch, as some scripts draw it, pass "
+                f"{name}=eps.reshape(1).expand({batch})" if alpha.numel() == 1 else "")
         raise ValueError(f"{where}: {name} must hold one mixing weight per sample, shape ({batch},) or "
                          f"({batch}, 1, ..., 1); got {tuple(alpha.shape)}{hint}")
 
