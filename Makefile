@@ -14,7 +14,7 @@ EXT_STAMP := gpkernels/.built
 EXTRAS = $(shell $(VPY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 	print(' '.join(sorted(set(r for k in ('test', 'train') for r in d['optional-dependencies'][k]))))")
 
-.PHONY: all build demo test test-quick lint bench info clean
+.PHONY: all build demo test test-quick lint bench info gpu-check clean
 
 all: build
 
@@ -54,6 +54,24 @@ bench: build
 	$(VPY) -m gpkernels bench head --quick --threads 1
 	$(VPY) -m gpkernels bench penalty --quick --threads 1
 	$(VPY) -m gpkernels bench step --quick --threads 1
+
+# On a machine with a GPU, in one call (e.g. the device tool's lent H200, whose own python3 holds torch and triton
+# and cannot install packages): build with the CUDA kernels required, run the GPU tests (the `gpu` marker: CUDA
+# and compiled-Triton cases, sizes, streams, CUDA graphs), then the head and step benchmarks on CUDA. Results go to
+# $(GPU_OUT)/<gpu>/ (GPU_OUT=$$OUT under the device tool). About 8 minutes on an H200 with a warm cache.
+GPU_PYTHON ?= python3
+GPU_OUT ?= benchmarks/results
+gpu-check:
+	@set -e; $(GPU_PYTHON) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device here')"; \
+	gpu=$$($(GPU_PYTHON) -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))"); \
+	out=$(GPU_OUT)/$$gpu; mkdir -p $$out; \
+	GPKERNELS_FORCE_CUDA=1 MAX_JOBS=$${MAX_JOBS:-16} $(GPU_PYTHON) setup.py build_ext --inplace > $$out/build.log 2>&1 || { tail -30 $$out/build.log; exit 1; }; \
+	$(GPU_PYTHON) -m gpkernels info | tee $$out/info.txt; \
+	GPKERNELS_EXPECT_CUDA_BUILD=1 $(GPU_PYTHON) -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee $$out/tests-gpu.log | tail -25; \
+	$(GPU_PYTHON) -m gpkernels bench head --device cuda --passes training op-double-backward --dtypes fp32 bf16 \
+		--no-compile --repeats 10 --out $$out 2>&1 | tail -30; \
+	$(GPU_PYTHON) -m gpkernels bench step --device cuda --critics mlp dcgan32 resnet32 dcgan64 --out $$out 2>&1 | tail -30; \
+	echo "gpu-check: results in $$out"
 
 clean:
 	rm -rf build gpkernels/_C*.so $(EXT_STAMP) *.egg-info

@@ -6,6 +6,7 @@
 import torch
 
 from . import _checks, backends
+from .reference import accum_dtype
 
 
 def interpolate(real, fake, alpha=None, *, generator=None, backend=None):
@@ -61,8 +62,9 @@ def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, exponent=2.0, red
 
     target=1 is WGAN-GP (Gulrajani et al. 2017), one_sided=True with target=1 is WGAN-LP, target=0 the
     zero-centred R1/R2 form; target=0 with exponent=6 is W-div's ||g||^p (Wu et al. 2018). With AMP, pass the
-    critic's gradient of the *scaled* output and inv_scale = 1 / scaler.get_scale(): the unscale happens inside
-    the kernel.
+    critic's gradient of the *scaled* output and its inverse scale: a float (unscaled inside the kernel), or,
+    to avoid reading the scale on the host (a CUDA synchronisation per step, and no CUDA-graph capture), a
+    one-element tensor on the gradients' device, e.g. `1 / scaler.scale(torch.ones((), device=dev))`.
 
     Args:
         grads: (B, *) float32/float64/float16/bfloat16, e.g. autograd.grad(D(x).sum(), x, create_graph=True).
@@ -70,7 +72,9 @@ def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, exponent=2.0, red
         exponent: float >= 1 (p; 2 is the square). Where |d_i|^p has no finite derivative (p < 2 at d_i = 0,
             or at a zero gradient) the derivative is taken as 0; see csrc/common/penalty_math.h.
         reduction: "mean" | "sum" | "none".
-        inv_scale: None (1), or a float / one-element tensor > 0 (a tensor is read on the host).
+        inv_scale: None (1), a float > 0, or a one-element floating tensor (on grads' device, or a CPU
+            scalar): the gradients are then unscaled on the device in the accumulation dtype, never read on
+            the host; its value is not checked (a GradScaler's scale is positive).
         return_norms: also return the per-sample norms n_i, detached, for logging.
         backend: None, "auto" or a registered backend name (gpkernels.backends.NAMES).
 
@@ -93,7 +97,15 @@ def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, exponent=2.0, red
         if inv_scale.numel() != 1:
             raise ValueError(f"{where}: inv_scale must be a number or a one-element tensor, got shape "
                              f"{tuple(inv_scale.shape)}")
-        inv_scale = inv_scale.item()
+        if not inv_scale.is_floating_point():
+            raise TypeError(f"{where}: inv_scale must be a floating tensor, got {inv_scale.dtype}")
+        if inv_scale.device != grads.device and not (inv_scale.device.type == "cpu" and inv_scale.dim() == 0):
+            raise ValueError(f"{where}: inv_scale is on {inv_scale.device} but grads are on {grads.device} "
+                             f"(a CPU scale must be 0-d)")
+        # Unscale on the device instead of reading the scale on the host: no stream synchronisation.
+        acc = accum_dtype(grads.dtype)
+        grads = grads.to(acc) * inv_scale.to(acc).reshape(())
+        inv_scale = 1.0
     inv_scale = _checks.finite_number(where, "inv_scale", inv_scale, strict=True)
     values, norms = backends.select(where, backend, grads.device).penalty_terms(grads, target, one_sided, weight,
                                                                               inv_scale, exponent)

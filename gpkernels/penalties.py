@@ -535,10 +535,11 @@ def _gradient_penalty(where, spec, call):
     if scaler is not None and scaler.is_enabled():
         # Take the inner gradient of scale * mean_i D(x_i): per sample that is scale / B, the size the
         # critic loss's own scaled gradient has, so fp16 does not overflow sooner than in the rest of the
-        # step. The kernel unscales the norms by B / scale. A non-finite inner gradient makes the penalty
+        # step. The gradients are unscaled by B / scale on the device (the scale tensor never read on the
+        # host: no synchronisation, CUDA-graph capturable). A non-finite inner gradient makes the penalty
         # and its parameter gradients non-finite, so GradScaler skips the step as it would without us.
         inner = scaler.scale(sum(score.float().mean() for score in scores))
-        inv_scale = batch / scaler.get_scale()
+        inv_scale = batch / scaler.scale(torch.ones((), dtype=torch.float32, device=scores[0].device))
         grads = torch.autograd.grad(inner, leaves, create_graph=True, allow_unused=True)
     else:
         grads = torch.autograd.grad(scores, leaves, grad_outputs=[torch.ones_like(x) for x in scores],

@@ -620,3 +620,24 @@ def test_fused_penalty_passes_non_finite_gradients_on(bad, target, one_sided, ba
     assert torch.isfinite(ddg[[0, 2, 3]]).all()
     if target != 0:  # with target 0 the second derivative 2 w s^2 V does not involve g at all
         assert not torch.isfinite(ddg[1]).all()
+
+
+def test_the_amp_path_never_reads_the_scale_on_the_host(monkeypatch):
+    """A host read of the scale (scaler.get_scale(), Tensor.item()) synchronises the CUDA stream every step and
+    rules out CUDA-graph capture: the penalty keeps the scale on the device (on a GPU, the gpu tests run it
+    under torch.cuda.set_sync_debug_mode("error"))."""
+    torch.manual_seed(0)
+    critic = AmpCritic()
+    real, fake = torch.randn(8, 4), torch.randn(8, 4) + 1
+    alpha = torch.rand(8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    want = gpkernels.gradient_penalty(critic, real, fake, alpha=alpha)
+
+    def no_host_read(*args, **kwargs):
+        raise AssertionError("the scale was read on the host")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_host_read)
+    monkeypatch.setattr(torch.amp.GradScaler, "get_scale", no_host_read)
+    got = gpkernels.gradient_penalty(critic, real, fake, alpha=alpha, scaler=scaler)
+    monkeypatch.undo()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

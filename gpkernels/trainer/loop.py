@@ -83,6 +83,9 @@ class Trainer:
                 raise UsageError(f"--device {config['device']}: torch sees no CUDA device here")
             if self.world > 1:
                 device = torch.device("cuda", local_rank)
+                # Each rank's current device is its own: NCCL, and any kernel launched on "the current
+                # device" (Triton's), must not all land on GPU 0.
+                torch.cuda.set_device(device)
         self.device = device
         self.dtype = getattr(torch, config["dtype"])
         self.penalty = regularizers.fused_penalty(config, device)

@@ -52,6 +52,7 @@ rounding_mode=None for ``create_fp_trunc``), so under the interpreter the bf16 s
 explicit bit-level round-to-nearest-even (EMULATE_BF16_RNE, set to INTERPRETED); compiled kernels use the native cast.
 (Its float64 -> bfloat16 cast is wrong outright: ``astype(uint16)`` of the values. No kernel here does it.)
 """
+import contextlib
 import functools
 import struct
 
@@ -422,6 +423,12 @@ def _plan(B: int, N: int, device: torch.device):
 def _fin_grid(B: int):
     block_r = min(_FIN_MAX_BLOCK_R, max(16, _next_pow2(B)))
     return block_r, (triton.cdiv(B, block_r),)
+
+
+def on_device(t):
+    """Triton launches on the current CUDA device and its current stream: make that the device of the tensors
+    (the C++ ops set the same guard), so that tensors on cuda:1 never run with cuda:0 current."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def launch_axpby(x, a, out, y=None, b=None, b_is_one_minus_a=False):

@@ -33,11 +33,12 @@ def interp(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch
     _checks.same_as(where, "fake", fake, "real", real)
     _checks.per_sample(where, "alpha", alpha, real, real.dtype)
     K = _kernels()
-    r = S.as_rows(real)
-    rows = S.matrix(r)
-    out = torch.empty_like(rows)
-    K.launch_axpby(rows, alpha.contiguous(), out, y=S.matrix(S.rows_like(fake, r)), b_is_one_minus_a=True)
-    return S.unmatrix(out, r)
+    with K.on_device(real):
+        r = S.as_rows(real)
+        rows = S.matrix(r)
+        out = torch.empty_like(rows)
+        K.launch_axpby(rows, alpha.contiguous(), out, y=S.matrix(S.rows_like(fake, r)), b_is_one_minus_a=True)
+        return S.unmatrix(out, r)
 
 
 @torch.library.custom_op("gpkernels_triton::interp_backward", mutates_args=())
@@ -52,16 +53,17 @@ def interp_backward(grad: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
     _checks.same_as(where, "fake", fake, "grad", grad)
     _checks.per_sample(where, "alpha", alpha, grad, grad.dtype)
     K = _kernels()
-    g = S.as_rows(grad)
-    rows = S.matrix(g)
-    B = rows.shape[0]
-    g_real, g_fake = torch.empty_like(rows), torch.empty_like(rows)
-    g_alpha = torch.empty((B,), dtype=grad.dtype, device=grad.device)
-    part, nchunks = K.launch_reduce(K.RED_INTERP, 1, rows, y=S.matrix(S.rows_like(real, g)),
-                                    z=S.matrix(S.rows_like(fake, g)), alpha=alpha.contiguous(), out_y=g_real,
-                                    out_z=g_fake)
-    K.launch_finalize(K.FIN_ALPHA, B, part, nchunks, None, False, K.tl_acc(grad.dtype), out0=g_alpha)
-    return S.unmatrix(g_real, g), S.unmatrix(g_fake, g), g_alpha
+    with K.on_device(grad):
+        g = S.as_rows(grad)
+        rows = S.matrix(g)
+        B = rows.shape[0]
+        g_real, g_fake = torch.empty_like(rows), torch.empty_like(rows)
+        g_alpha = torch.empty((B,), dtype=grad.dtype, device=grad.device)
+        part, nchunks = K.launch_reduce(K.RED_INTERP, 1, rows, y=S.matrix(S.rows_like(real, g)),
+                                        z=S.matrix(S.rows_like(fake, g)), alpha=alpha.contiguous(), out_y=g_real,
+                                        out_z=g_fake)
+        K.launch_finalize(K.FIN_ALPHA, B, part, nchunks, None, False, K.tl_acc(grad.dtype), out0=g_alpha)
+        return S.unmatrix(g_real, g), S.unmatrix(g_fake, g), g_alpha
 
 
 # ------------------------------------------------------------------------------------------------ autograd

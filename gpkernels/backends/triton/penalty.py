@@ -43,15 +43,16 @@ def penalty_forward(grads: torch.Tensor, target: float, one_sided: bool, weight:
     _checks.finite_number(where, "inv_scale", inv_scale, strict=True)
     _checks.finite_number(where, "exponent", exponent, minimum=1.0)
     K = _kernels()
-    rows = S.matrix(S.as_rows(grads))
-    B = rows.shape[0]
-    acc = accum_dtype(grads.dtype)
-    values = torch.empty((B,), dtype=acc, device=grads.device)
-    norms = torch.empty((B,), dtype=acc, device=grads.device)
-    part, nchunks = K.launch_reduce(K.RED_SUMSQ, 1, rows)
-    K.launch_finalize(K.FIN_FORWARD, B, part, nchunks, (target, weight, inv_scale, exponent), one_sided,
-                      K.tl_acc(acc), norms=norms, out0=values)
-    return values, norms
+    with K.on_device(grads):
+        rows = S.matrix(S.as_rows(grads))
+        B = rows.shape[0]
+        acc = accum_dtype(grads.dtype)
+        values = torch.empty((B,), dtype=acc, device=grads.device)
+        norms = torch.empty((B,), dtype=acc, device=grads.device)
+        part, nchunks = K.launch_reduce(K.RED_SUMSQ, 1, rows)
+        K.launch_finalize(K.FIN_FORWARD, B, part, nchunks, (target, weight, inv_scale, exponent), one_sided,
+                          K.tl_acc(acc), norms=norms, out0=values)
+        return values, norms
 
 
 @torch.library.custom_op("gpkernels_triton::penalty_backward", mutates_args=())
@@ -65,15 +66,16 @@ def penalty_backward(grad_values: torch.Tensor, grads: torch.Tensor, norms: torc
     _checks.per_sample(where, "grad_values", grad_values, grads, acc)
     _checks.per_sample(where, "norms", norms, grads, acc)
     K = _kernels()
-    g = S.as_rows(grads)
-    rows = S.matrix(g)
-    B = rows.shape[0]
-    coef = torch.empty((B,), dtype=acc, device=grads.device)
-    K.launch_finalize(K.FIN_BACKWARD, B, coef, 0, (target, weight, inv_scale, exponent), one_sided,
-                      K.tl_acc(acc), norms=norms.contiguous(), gout=grad_values.contiguous(), out0=coef)
-    dgrads = torch.empty_like(rows)
-    K.launch_axpby(rows, coef, dgrads)
-    return S.unmatrix(dgrads, g)
+    with K.on_device(grads):
+        g = S.as_rows(grads)
+        rows = S.matrix(g)
+        B = rows.shape[0]
+        coef = torch.empty((B,), dtype=acc, device=grads.device)
+        K.launch_finalize(K.FIN_BACKWARD, B, coef, 0, (target, weight, inv_scale, exponent), one_sided,
+                          K.tl_acc(acc), norms=norms.contiguous(), gout=grad_values.contiguous(), out0=coef)
+        dgrads = torch.empty_like(rows)
+        K.launch_axpby(rows, coef, dgrads)
+        return S.unmatrix(dgrads, g)
 
 
 @torch.library.custom_op("gpkernels_triton::penalty_double_backward", mutates_args=())
@@ -89,18 +91,19 @@ def penalty_double_backward(v: torch.Tensor, grad_values: torch.Tensor, grads: t
     acc = accum_dtype(grads.dtype)
     _checks.per_sample(where, "grad_values", grad_values, grads, acc)
     K = _kernels()
-    g = S.as_rows(grads)
-    rows, v_rows = S.matrix(g), S.matrix(S.rows_like(v, g))
-    B = rows.shape[0]
-    part, nchunks = K.launch_reduce(K.RED_SUMSQ_DOT, 2, rows, y=v_rows)
-    coef_v = torch.empty((B,), dtype=acc, device=grads.device)  # a_i = gv_i c_i
-    coef_g = torch.empty((B,), dtype=acc, device=grads.device)  # b_i = gv_i k_i dot_i
-    d_gv = torch.empty((B,), dtype=acc, device=grads.device)  # c_i dot_i
-    K.launch_finalize(K.FIN_DOUBLE, B, part, nchunks, (target, weight, inv_scale, exponent), one_sided,
-                      K.tl_acc(acc), gout=grad_values.contiguous(), out0=coef_v, out1=coef_g, out2=d_gv)
-    d_grads = torch.empty_like(rows)
-    K.launch_axpby(v_rows, coef_v, d_grads, y=rows, b=coef_g)
-    return d_gv, S.unmatrix(d_grads, g)
+    with K.on_device(grads):
+        g = S.as_rows(grads)
+        rows, v_rows = S.matrix(g), S.matrix(S.rows_like(v, g))
+        B = rows.shape[0]
+        part, nchunks = K.launch_reduce(K.RED_SUMSQ_DOT, 2, rows, y=v_rows)
+        coef_v = torch.empty((B,), dtype=acc, device=grads.device)  # a_i = gv_i c_i
+        coef_g = torch.empty((B,), dtype=acc, device=grads.device)  # b_i = gv_i k_i dot_i
+        d_gv = torch.empty((B,), dtype=acc, device=grads.device)  # c_i dot_i
+        K.launch_finalize(K.FIN_DOUBLE, B, part, nchunks, (target, weight, inv_scale, exponent), one_sided,
+                          K.tl_acc(acc), gout=grad_values.contiguous(), out0=coef_v, out1=coef_g, out2=d_gv)
+        d_grads = torch.empty_like(rows)
+        K.launch_axpby(v_rows, coef_v, d_grads, y=rows, b=coef_g)
+        return d_gv, S.unmatrix(d_grads, g)
 
 
 # ------------------------------------------------------------------------------------------------ autograd
