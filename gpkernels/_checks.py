@@ -14,6 +14,9 @@ def samples(where, name, t):
     """t is a tensor of samples: floating, at least 1-d, non-empty batch."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{where}: {name} must be a dense (strided) tensor, got layout {t.layout}; call "
+                        f".to_dense() first")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{where}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
     if t.dim() < 1:
@@ -64,3 +67,30 @@ def reduction(where, value):
     if value not in REDUCTIONS:
         raise ValueError(f"{where}: reduction must be one of {', '.join(REDUCTIONS)}; got {value!r}")
     return value
+
+
+def generator(where, gen, device):
+    """gen is None or a torch.Generator for tensors on `device`."""
+    if gen is None:
+        return
+    if not isinstance(gen, torch.Generator):
+        raise TypeError(f"{where}: generator must be a torch.Generator or None, got {type(gen).__name__}")
+    if gen.device.type != device.type or (device.index is not None and gen.device.index is not None
+                                          and gen.device.index != device.index):
+        raise ValueError(f"{where}: generator is on {gen.device} but the samples are on {device}; make it with "
+                         f"torch.Generator(device={str(device)!r})")
+
+
+def representable(where, dtype, **scalars):
+    """The penalty's scalars survive the conversion to the kernels' accumulation dtype (float32 for
+    float32/float16/bfloat16 input): finite, and a positive one stays positive."""
+    if dtype == torch.float64:
+        return
+    info = torch.finfo(torch.float32)
+    for name, value in scalars.items():
+        if abs(value) > info.max:
+            raise ValueError(f"{where}: {name}={value:g} is beyond float32's range ({info.max:.3g}), in which "
+                             f"{dtype} gradients are accumulated; use float64 gradients for such values")
+        if value != 0 and abs(value) < info.tiny:
+            raise ValueError(f"{where}: {name}={value:g} is below float32's smallest normal number "
+                             f"({info.tiny:.3g}), in which {dtype} gradients are accumulated")

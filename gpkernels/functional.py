@@ -32,6 +32,7 @@ def interpolate(real, fake, alpha=None, *, generator=None, backend=None):
     _checks.samples(where, "real", real)
     _checks.same_as(where, "fake", fake, "real", real)
     B = real.shape[0]
+    _checks.generator(where, generator, real.device)
     if alpha is None:
         draw = torch.float64 if real.dtype == torch.float64 else torch.float32
         alpha = torch.rand(B, generator=generator, device=real.device, dtype=draw).to(real.dtype)
@@ -107,6 +108,7 @@ def penalty(grads, *, target=1.0, one_sided=False, weight=1.0, exponent=2.0, red
         grads = grads.to(acc) * inv_scale.to(acc).reshape(())
         inv_scale = 1.0
     inv_scale = _checks.finite_number(where, "inv_scale", inv_scale, strict=True)
+    _checks.representable(where, grads.dtype, target=target, weight=weight, inv_scale=inv_scale)
     values, norms = backends.select(where, backend, grads.device).penalty_terms(grads, target, one_sided, weight,
                                                                               inv_scale, exponent)
     if reduction == "mean":

@@ -467,6 +467,11 @@ def _critic_kwargs(where, extra, mapping):
 def _run(where, spec, call):
     """Check the call against the spec, then compute: loss, or (loss, norms) with return_norms."""
     _critic_fn(where, call.critic)
+    if call.generator is not None:
+        given = call.real if call.real is not None else call.fake
+        first = given[0] if isinstance(given, (tuple, list)) and given else given
+        if isinstance(first, torch.Tensor):
+            _checks.generator(where, call.generator, first.device)
     _flag(where, "return_norms" if spec.method == "gradient" else "return_slopes", call.return_norms)
     if spec.method == "finite_difference":
         return _finite_difference(where, spec, call)
@@ -800,20 +805,22 @@ class GradientPenalty(nn.Module):
     def forward(self, critic, real, fake=None, *critic_args, alpha=None, generator=None, scaler=None,
                 return_norms=False, critic_kwargs=None, **more_critic_kwargs):
         where = "gpkernels.GradientPenalty"
-        due = self.due
-        self.calls += 1
-        if not due:
+        if not self.due:
             given = real if real is not None else fake
             if given is None:
                 raise ValueError(f"{where}: real (or fake, for sample='fake') is required")
             like = _parts(where, "real" if real is not None else "fake", given)[0][0]
             zero = torch.zeros((), dtype=accum_dtype(like.dtype), device=like.device)
+            self.calls += 1
             return (zero, None) if return_norms else zero
         spec = self.spec if self.lazy == 1 else dataclasses.replace(self.spec, weight=self.spec.weight * self.lazy,
                                                                     where=where)
         call = _Inputs(critic, real, fake, critic_args, _critic_kwargs(where, more_critic_kwargs, critic_kwargs), alpha,
                        generator, scaler, True)
         loss, norms = _run(where, spec, call)
+        # Counted once computed: a call that raised (a bad input, a failing critic) leaves the schedule as it
+        # was, so the retried call is the due one.
+        self.calls += 1
         self.last_norms = norms
         return (loss, norms) if return_norms else loss
 

@@ -155,3 +155,25 @@ def test_a_backend_is_one_registration(monkeypatch):
     assert calls == ["penalty_terms", "interpolate"]
     with pytest.raises(ValueError, match="the name 'spy' is taken"):
         backends.register(backends.get("spy"))
+
+
+def test_use_backend_is_per_asyncio_task():
+    """Two tasks interleaved on one thread each see their own use_backend block."""
+    import asyncio
+
+    seen = {}
+
+    async def task(name, other_started, mine_started):
+        with gpkernels.use_backend(name):
+            mine_started.set()
+            await other_started.wait()       # the other task is now inside its own block
+            await asyncio.sleep(0)
+            seen[name] = gpkernels.current_backend()
+
+    async def main():
+        a, b = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(task("reference", b, a), task("auto", a, b))
+
+    asyncio.run(main())
+    assert seen == {"reference": "reference", "auto": "auto"}
+    assert gpkernels.current_backend() == "auto"

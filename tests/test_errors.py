@@ -122,3 +122,44 @@ def test_derivative_ops_take_the_scalars_the_forward_checked(namespace, op, args
         pytest.skip("; ".join(reasons))
     out = getattr(getattr(torch.ops, namespace), op)(*args)
     assert all(o.shape[0] == 2 for o in (out if isinstance(out, tuple) else (out,)))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_a_sparse_tensor_is_named(backend, device):
+    require(backend, device)
+    g = torch.randn(4, 3, device=device)
+    with pytest.raises(TypeError, match="gpkernels.penalty: grads must be a dense \\(strided\\) tensor, got layout "
+                                        "torch.sparse_coo"):
+        gpkernels.penalty(g.to_sparse(), backend=backend)
+    with pytest.raises(TypeError, match="gpkernels.interpolate: real must be a dense"):
+        gpkernels.interpolate(g.to_sparse(), g.to_sparse(), backend=backend)
+
+
+def test_a_generator_on_another_device_is_named():
+    """Samples on the meta device with a CPU generator (torch itself says "META device type not an
+    accelerator" deep inside torch.rand)."""
+    g = torch.randn(4, 3, device="meta")
+    cpu_gen = torch.Generator()
+    with pytest.raises(ValueError, match="gpkernels.interpolate: generator is on cpu but the samples are on meta"):
+        gpkernels.interpolate(g, g, generator=cpu_gen)
+    critic = torch.nn.Linear(3, 1).to("meta")
+    with pytest.raises(ValueError, match="gpkernels.gradient_penalty: generator is on cpu but the samples are on "
+                                         "meta"):
+        gpkernels.gradient_penalty(critic, g, g, generator=cpu_gen)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        gpkernels.gradient_penalty(critic, g, g, generator=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(inv_scale=1e39), "inv_scale=1e\\+39 is beyond float32's range"),
+    (dict(weight=1e39, one_sided=True), "weight=1e\\+39 is beyond float32's range"),
+    (dict(target=1e-40), "target=1e-40 is below float32's smallest normal"),
+])
+def test_scalars_beyond_the_accumulation_range_are_refused(backend, device, kwargs, match):
+    require(backend, device)
+    with pytest.raises(ValueError, match=match):
+        gpkernels.penalty(torch.zeros(2, 3, device=device), backend=backend, **kwargs)
+    # float64 gradients hold them.
+    assert torch.isfinite(gpkernels.penalty(torch.ones(2, 3, device=device, dtype=torch.float64), backend=backend,
+                                            **kwargs))

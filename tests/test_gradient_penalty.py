@@ -429,7 +429,7 @@ def _real_fake():
     (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, sample="mixed"), ValueError, "sample must be"),
     (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, sample="real", alpha=f[:, 0]), ValueError, "alpha"),
     (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, alpha=torch.rand(3).double()), ValueError,
-     "alpha must have shape"),
+     "alpha must hold one mixing weight per sample"),
     (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, sample="dragan", dragan_scale=0), ValueError,
      "dragan_scale"),
     (lambda c, r, f: gpkernels.gradient_penalty(c, r, f, one_sided=1), TypeError, "one_sided must be a bool"),

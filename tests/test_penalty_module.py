@@ -111,3 +111,18 @@ def test_skipped_call_still_rejects_bad_inputs():
 def test_repr_names_the_configuration():
     assert "lazy=4" in repr(gpkernels.GradientPenalty(lazy=4)) and "method='gradient'" in repr(
         gpkernels.GradientPenalty())
+
+
+def test_a_call_that_raises_does_not_advance_the_lazy_schedule():
+    gp = gpkernels.GradientPenalty(lazy=3)
+    real, fake = torch.randn(4, 2), torch.randn(4, 2)
+
+    def broken(x):
+        raise RuntimeError("critic failed")
+
+    with pytest.raises(RuntimeError, match="critic failed"):
+        gp(broken, real, fake)
+    assert gp.calls == 0 and gp.due                      # the retry is the due call
+    critic = torch.nn.Linear(2, 1)
+    assert gp(critic, real, fake).requires_grad          # computed
+    assert gp.calls == 1 and not gp.due

@@ -12,18 +12,18 @@ in `auto`'s order per device type (`auto_rank`), and runs the two fused ops of t
 to skip the preferred one; an explicit request that cannot be met raises with its reasons.
 
 Precedence of the choice: the `backend=` argument of a call, then the innermost `use_backend(...)` block
-of the current thread, then the environment variable GPKERNELS_BACKEND (read at
-import), then "auto".
+of the current context (thread, or asyncio task: a context variable), then the environment variable
+GPKERNELS_BACKEND (read at import), then "auto".
 
 Public: NAMES, AUTO, Backend, register, get, refusals, select, choose, available_backends,
 backend_report, current_backend, use_backend.
 """
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import os
-import threading
 import typing
 import warnings
 
@@ -120,29 +120,28 @@ def backend_report():
     return report
 
 
-_local = threading.local()
+# The innermost use_backend block's name, per context: a thread, or an asyncio task (each task runs in a copy
+# of the context it was created in, so interleaved tasks on one thread do not see each other's blocks).
+_current = contextvars.ContextVar("gpkernels_backend", default=None)
 _warned = set()
 
 
 def current_backend():
     """The backend a call with backend=None would ask for (a name, or 'auto')."""
-    stack = getattr(_local, "stack", None)
-    return stack[-1] if stack else _ENV_DEFAULT
+    name = _current.get()
+    return _ENV_DEFAULT if name is None else name
 
 
 @contextlib.contextmanager
 def use_backend(name):
-    """Within the block, calls of this thread with backend=None use `name` ('auto' restores the automatic
-    choice). An explicit `backend=` argument still wins."""
+    """Within the block, calls of this context (thread or asyncio task) with backend=None use `name` ('auto'
+    restores the automatic choice). An explicit `backend=` argument still wins."""
     _check_name(name, "gpkernels.use_backend")
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    stack.append(name)
+    token = _current.set(name)
     try:
         yield name
     finally:
-        stack.pop()
+        _current.reset(token)
 
 
 def _warn_once(message):
