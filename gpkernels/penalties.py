@@ -331,6 +331,8 @@ class PenaltySpec:
         method: "gradient" (the double-backward penalty) or "finite_difference" (sample "interpolate",
             exponent 2).
         min_gap: float in [0, 1), for "finite_difference".
+        fraction: float in (0, 1]: take the penalty on a random subset of ceil(fraction * B) samples per call
+            (unbiased for the full-batch mean; 1 takes all, with no draw).
         score: None, a key / index, or a callable: how to read the per-sample score from the critic's output.
         strict: raise instead of warning about batch-coupling layers.  backend: None or a backend name.
         fast_relu: reroute the critic's piecewise-linear layers at the penalty points.
@@ -353,6 +355,7 @@ class PenaltySpec:
     strict: bool = False
     backend: typing.Optional[str] = None
     fast_relu: bool = True
+    fraction: float = 1.0
     where: dataclasses.InitVar[str] = "gpkernels.PenaltySpec"  # the function named in error messages
 
     def __post_init__(self, where):
@@ -373,6 +376,10 @@ class PenaltySpec:
             raise TypeError(f"{where}: score must be None, a key (str or int) or a callable, got "
                             f"{type(self.score).__name__}")
         put("min_gap", _checks.finite_number(where, "min_gap", self.min_gap))
+        put("fraction", _checks.finite_number(where, "fraction", self.fraction, minimum=0.0, strict=True))
+        if self.fraction > 1:
+            raise ValueError(f"{where}: fraction must be in (0, 1] (the share of the batch penalised), got "
+                             f"{self.fraction}")
         if self.min_gap >= 1:
             raise ValueError(f"{where}: min_gap must be < 1 (a fraction of the real-fake distance), got "
                              f"{self.min_gap}")
@@ -472,10 +479,42 @@ def _run(where, spec, call):
         first = given[0] if isinstance(given, (tuple, list)) and given else given
         if isinstance(first, torch.Tensor):
             _checks.generator(where, call.generator, first.device)
+    if spec.fraction < 1:
+        call = _subset(where, spec, call)
     _flag(where, "return_norms" if spec.method == "gradient" else "return_slopes", call.return_norms)
     if spec.method == "finite_difference":
         return _finite_difference(where, spec, call)
     return _gradient_penalty(where, spec, call)
+
+
+def _subset(where, spec, call):
+    """The call on a uniform random subset of ceil(fraction * B) samples, drawn (torch.randperm) from the
+    call's generator before anything else: the mean over the subset is an unbiased estimate of the mean over
+    the batch. real, fake, alpha, and every critic argument that is a tensor with B rows, are indexed alike."""
+    given = call.real if call.real is not None else call.fake
+    parts, _ = _parts(where, "real" if call.real is not None else "fake", given)
+    batch = parts[0].shape[0]
+    keep = math.ceil(spec.fraction * batch)
+    if keep >= batch:
+        return call
+    idx = torch.randperm(batch, generator=call.generator, device=parts[0].device)[:keep].sort().values
+
+    def take(x):
+        if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] == batch:
+            return x[idx]
+        if isinstance(x, (tuple, list)):
+            return type(x)(take(y) for y in x)
+        return x
+
+    alpha = call.alpha
+    if isinstance(alpha, torch.Tensor):
+        _alpha_per_sample(where, "alpha", alpha, batch)
+        alpha = alpha.reshape(batch)[idx]
+    elif isinstance(alpha, (tuple, list)):
+        alpha = type(alpha)(a.reshape(batch)[idx] if isinstance(a, torch.Tensor) else a for a in alpha)
+    return call._replace(real=take(call.real), fake=take(call.fake), alpha=alpha,
+                         critic_args=tuple(take(a) for a in call.critic_args),
+                         critic_kwargs={k: take(v) for k, v in call.critic_kwargs.items()})
 
 
 def _gradient_penalty(where, spec, call):
@@ -625,7 +664,7 @@ _P = inspect.Parameter
 # call's data (alpha, generator, scaler, return_norms / return_slopes, critic_kwargs).
 _ORDER = ("weight", "target", "one_sided", "exponent", "sample", "alpha", "generator", "dragan_scale",
           "dragan_correction", "dragan_noise", "min_gap", "scaler", "return_norms", "return_slopes", "score",
-          "critic_kwargs", "strict", "backend", "fast_relu")
+          "critic_kwargs", "fraction", "strict", "backend", "fast_relu")
 
 
 def _preset(name, data, options, fixed, doc):
@@ -704,7 +743,7 @@ _DRAGAN_OPTIONS = dict(dragan_scale=0.5, dragan_correction=0, dragan_noise="unif
 gradient_penalty = _preset(
     "gradient_penalty", ("real", ("fake", None)),
     dict(weight=10.0, target=1.0, one_sided=False, exponent=2.0, sample="interpolate", alpha=None, generator=None,
-         **_DRAGAN_OPTIONS, **_GRADIENT_OPTIONS), {}, GRADIENT_PENALTY_DOC)
+         **_DRAGAN_OPTIONS, fraction=1.0, **_GRADIENT_OPTIONS), {}, GRADIENT_PENALTY_DOC)
 
 wgan_gp_penalty = _preset(
     "wgan_gp_penalty", ("real", "fake"), dict(weight=10.0, alpha=None, generator=None, **_GRADIENT_OPTIONS),
@@ -835,6 +874,8 @@ class GradientPenalty(nn.Module):
                 f"sample={self.sample!r}, method={self.method!r}, lazy={self.lazy}")
         if self.exponent != 2:
             text += f", exponent={self.exponent}"
+        if self.fraction != 1:
+            text += f", fraction={self.fraction}"
         return text + (f", backend={self.backend!r}" if self.backend is not None else "")
 
 

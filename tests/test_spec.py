@@ -32,7 +32,7 @@ def test_signatures_are_the_documented_ones():
     assert list(sig.parameters) == [
         "critic", "real", "fake", "critic_args", "weight", "target", "one_sided", "exponent", "sample", "alpha",
         "generator", "dragan_scale", "dragan_correction", "dragan_noise", "scaler", "return_norms", "score",
-        "critic_kwargs", "strict", "backend", "fast_relu", "more_critic_kwargs"]
+        "critic_kwargs", "fraction", "strict", "backend", "fast_relu", "more_critic_kwargs"]
     assert sig.parameters["fake"].default is None and sig.parameters["weight"].default == 10.0
     r1 = inspect.signature(gpkernels.r1_penalty).parameters
     assert "target" not in r1 and "alpha" not in r1 and r1["weight"].default == 5.0
