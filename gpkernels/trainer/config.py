@@ -33,7 +33,7 @@ DATASET_DEFAULTS = {
 }
 COMMON_DEFAULTS = dict(lazy=1, device="cpu", backend="auto", amp=False, seed=0, dtype="float32",
                        compare_reference=False, text_file=None, log_every=10, checkpoint_every=500,
-                       time_budget=None, dragan_scale=0.5)
+                       time_budget=None, dragan_scale=0.5, penalty_fraction=1.0)
 # What may change when a run is resumed; everything else must match the checkpoint.
 RESUMABLE = ("steps", "log_every", "eval_every", "checkpoint_every", "time_budget", "backend")
 
@@ -81,6 +81,9 @@ def check(config, given):
     positive_int("batch_size", "--batch-size", 2)
     positive_int("n_critic", "--n-critic")
     positive_int("lazy", "--lazy")
+    f = config.get("penalty_fraction", 1.0)      # absent from the configs of older checkpoints
+    if not (isinstance(f, (int, float)) and 0 < f <= 1):
+        raise UsageError(f"--penalty-fraction must lie in (0, 1], got {f}")
     positive_int("log_every", "--log-every")
     positive_int("eval_every", "--eval-every")
     positive_int("checkpoint_every", "--checkpoint-every")
@@ -98,6 +101,8 @@ def check(config, given):
     if reg in ("clip", "none"):
         if config["lazy"] != 1:
             raise UsageError(f"--lazy applies to the penalties ({', '.join(PENALTIES)}), not {reg}")
+        if config.get("penalty_fraction", 1.0) != 1:
+            raise UsageError(f"--penalty-fraction applies to the penalties ({', '.join(PENALTIES)}), not {reg}")
         if config["compare_reference"]:
             raise UsageError(f"--compare-reference needs a penalty to compare ({', '.join(PENALTIES)}); "
                              f"{reg} has none")
@@ -149,6 +154,8 @@ def parser(prog="python -m gpkernels train"):
       help="clip: weight clipping (WGAN); gp: WGAN-GP; lp: one-sided (WGAN-LP); r1: zero-centred on real "
            "samples; dragan: DRAGAN; fd: finite-difference slope penalty; none: unconstrained (default gp)")
     a("--lazy", type=int, help="compute the penalty every K critic steps with weight x K (default 1)")
+    a("--penalty-fraction", type=float, metavar="F",
+      help="take the penalty on a random ceil(F x batch) of the samples, 0 < F <= 1 (default 1)")
     a("--steps", type=int, help="generator steps (each after --n-critic critic steps; default 2000)")
     a("--batch-size", type=int, help="per process (toy 256, digits and text 64)")
     a("--n-critic", type=int, help="critic steps per generator step (5; text 10)")
@@ -186,6 +193,6 @@ def given_from_args(args):
     """The config keys the user set on the command line (others None)."""
     keys = ("dataset", "regularizer", "lazy", "steps", "batch_size", "n_critic", "lr", "betas", "clip",
             "weight", "width", "depth", "critic_depth", "layernorm", "device", "backend", "amp", "dtype",
-            "seed", "text_file", "compare_reference", "log_every", "eval_every", "checkpoint_every",
+            "seed", "text_file", "compare_reference", "log_every", "eval_every", "checkpoint_every", "penalty_fraction",
             "time_budget")
     return {k: getattr(args, k) for k in keys}

@@ -7,7 +7,9 @@ reference trainer, as PNG figures and DIR/report.md (figures embedded, numbers i
     convergence  W1 against training seconds for clip, GP, lazy GP and the finite-difference penalty
     digits       Frechet distance over training and sample grids on 8x8 digits, clip vs GP vs FD
     text         n-gram JS divergence over training, and sample strings
-    all          every one of them, in one report
+    all          every one of them above, in one report
+    frontier     the cost-quality frontier of clip, GP, LP, lazy and subsampled GP and FD, 3 seeds each, at equal
+                 wall-clock (not part of `all`: the longest; --quick about 15 minutes on two CPU cores)
 
 --quick shrinks the nets and the budgets so that each finishes in a few minutes on two CPU cores; without
 it the nets are the paper's size (512-wide toy MLPs) and the runs longer. Every run is one seed. Subnormal
@@ -25,6 +27,7 @@ import time
 
 import torch
 
+from . import frontier as _frontier
 from .config import resolve
 from .loop import Trainer, flushed_denormals
 from .models import unwrap
@@ -366,8 +369,13 @@ def text(ctx):
     return dict(title="Text: a character-level WGAN-GP", figures=[figure], text=text_md, numbers=numbers)
 
 
+def frontier(ctx):
+    """The cost-quality frontier (gpkernels/trainer/frontier.py)."""
+    return _frontier.frontier(ctx, _table, _plt())
+
+
 EXPERIMENTS = {"weights": weights, "grad-norms": grad_norms, "toy": toy, "convergence": convergence,
-               "digits": digits, "text": text}
+               "digits": digits, "text": text, "frontier": frontier}
 
 
 def write_report(out, sections, quick, elapsed):
@@ -387,7 +395,7 @@ def write_report(out, sections, quick, elapsed):
 def main(argv=None, prog="python -m gpkernels experiments"):
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=NAMES + ("all",))
+    p.add_argument("name", choices=NAMES + ("frontier", "all"))
     p.add_argument("--out", required=True, metavar="DIR", help="where the PNGs, report.md and summary.json go")
     p.add_argument("--quick", action="store_true", help="small nets and budgets: minutes on two CPU cores")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")

@@ -10,6 +10,8 @@ gpkernels.reference from the same settings).
     fd           (|D(x1) - D(x2)| / ||x1 - x2|| - 1)^2 at two points of the real-fake line
 """
 
+import math
+
 import torch
 
 import gpkernels
@@ -24,7 +26,8 @@ def penalty_settings(config):
     if reg in ("clip", "none"):
         return None
     kw = dict(weight=config["weight"], target=1.0, one_sided=False, sample="interpolate", method="gradient",
-              lazy=config["lazy"], dragan_scale=config["dragan_scale"])
+              lazy=config["lazy"], dragan_scale=config["dragan_scale"],
+              fraction=config.get("penalty_fraction", 1.0))
     if reg == "lp":
         kw["one_sided"] = True
     elif reg == "r1":
@@ -61,6 +64,7 @@ class ReferencePenalty:
     def __init__(self, config):
         kw = penalty_settings(config)
         self.weight, self.lazy, self.method = kw.pop("weight"), kw.pop("lazy"), kw.pop("method")
+        self.fraction = kw.pop("fraction")
         if self.method == "finite_difference":
             self.penalty = reference.finite_difference_penalty
             kw = dict(target=kw["target"], one_sided=kw["one_sided"])
@@ -75,4 +79,10 @@ class ReferencePenalty:
         self.calls += 1
         if not due:
             return torch.zeros((), dtype=reference.accum_dtype(real.dtype), device=real.device)
+        if self.fraction < 1:
+            # GradientPenalty's subset, deliberately restated: drawn first from the same generator.
+            keep = math.ceil(self.fraction * real.shape[0])
+            if keep < real.shape[0]:
+                idx = torch.randperm(real.shape[0], generator=generator, device=real.device)[:keep].sort().values
+                real, fake = real[idx], fake[idx]
         return self.penalty(critic, real, fake, weight=self.weight * self.lazy, generator=generator, **self.kw)
