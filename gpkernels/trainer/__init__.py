@@ -7,7 +7,9 @@
     regularizers.py  what each --regularizer asks of gpkernels.GradientPenalty, and the plain-autograd penalty
                      (gpkernels.reference) of the --compare-reference copy
     loop.py          the Trainer: nets, optimisers, critic and generator steps, the run loop and its log
-    checkpoint.py    the run directory: checkpoint save/load, read_checkpoint, the resume compatibility check
+    checkpoint.py    the run directory's contents: checkpoint save/load (with a SHA-256 digest), read_checkpoint,
+                     the resume compatibility check, prepare (a new or resumed run's directory)
+    rundir.py        the run directory on disk: its lock, atomic writes, leftover temporaries, resume advice
     evaluation.py    the Evaluator: each dataset's sample-quality metric on a trainer's generator
     metrics.py       the metrics themselves: exact W1, the digits Frechet distance, n-gram JS divergences
     plots.py         matplotlib helpers (pyplot, critic contours, digit grids)

@@ -8,6 +8,9 @@ import torch
 from . import config as cfg
 from .checkpoint import CHECKPOINT, check_compatible, read_checkpoint
 from .loop import Trainer, distributed_env, flushed_denormals
+from .rundir import RunDirError, nothing_to_resume, reason
+
+MAX_THREADS = 1024
 
 
 def _default_out(given):
@@ -22,8 +25,8 @@ def build(argv=None, prog=PROG):
     args = cfg.parser(prog).parse_args(argv)
     given = cfg.given_from_args(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise cfg.UsageError(f"--threads must be >= 1, got {args.threads}")
+        if not 1 <= args.threads <= MAX_THREADS:
+            raise cfg.UsageError(f"--threads must be an integer in [1, {MAX_THREADS}], got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.resume and args.overwrite:
         raise cfg.UsageError("--resume and --overwrite contradict each other")
@@ -32,7 +35,7 @@ def build(argv=None, prog=PROG):
             raise cfg.UsageError("--resume needs --out RUN_DIR (the run to continue)")
         path = pathlib.Path(args.out) / CHECKPOINT
         if not path.exists():
-            raise cfg.UsageError(f"--resume: {path} does not exist (nothing to resume)")
+            raise cfg.UsageError(nothing_to_resume(args.out))
         saved = read_checkpoint(path)
         # Unset options come from the checkpoint; set ones must agree with it, except the resumable ones.
         config = dict(saved["config"])
@@ -99,6 +102,30 @@ def write_samples(trainer):
     plt.close(fig)
 
 
+def divergence_advice(config):
+    """What may help a run whose losses became non-finite, given its settings: never a change that makes it
+    worse (a larger --weight for a weight that is already far above the paper's)."""
+    reg, lr = config["regularizer"], config["lr"]
+    tips = [f"a smaller --lr (this run: {lr:g})"]
+    if reg in cfg.PENALTIES:
+        paper = cfg.DATASET_DEFAULTS[cfg.dataset_group(config["dataset"])]["weight"]
+        weight = config["weight"] * config["lazy"]
+        if weight > 10 * paper:
+            tips.append(f"a smaller --weight (this run: {config['weight']:g}"
+                        + (f" x --lazy {config['lazy']}" if config["lazy"] > 1 else "")
+                        + f"; the paper uses {paper:g} on this dataset)")
+        elif weight < paper / 10:
+            tips.append(f"a larger --weight (this run: {config['weight']:g}; the paper uses {paper:g} on this "
+                        f"dataset)")
+    elif reg == "none":
+        tips.append("a constraint on the critic (--regularizer gp)")
+    elif reg == "clip":
+        tips.append(f"a smaller --clip (this run: {config['clip']:g})")
+    if config["amp"]:
+        tips.append("running without --amp")
+    return "Try " + (tips[0] if len(tips) == 1 else "; ".join(tips[:-1]) + "; or " + tips[-1]) + "."
+
+
 def main(argv=None, prog=PROG):
     """The command line; returns the exit status (0, or 2 for a usage error)."""
     with flushed_denormals():                # weight clipping's subnormal floats: see there
@@ -116,22 +143,29 @@ def _main(argv, prog):
             if trainer.main:
                 print(f"{trainer.out} is already at step {trainer.step}; raise --steps to train further")
         else:
-            trainer.run()
+            try:
+                trainer.run()
+            except RunDirError as e:         # e.g. the disk filled up: the last checkpoint stays as it was
+                if trainer.main:
+                    print(f"{prog}: error: {e}; {trainer.checkpoint_note()}", file=sys.stderr)
+                return 1
             if trainer.diverged is not None:
                 if trainer.main:
-                    saved = "no checkpoint was written"
-                    if trainer.out is not None and (trainer.out / CHECKPOINT).exists():
-                        step = read_checkpoint(trainer.out / CHECKPOINT)["step"]
-                        saved = f"the checkpoint in {trainer.out} is from step {step}"
                     losses = ", ".join(f"{k} {trainer.last[k]}" for k in ("d_loss", "g_loss"))
-                    print(f"{prog}: training diverged at step {trainer.diverged} ({losses}); {saved}. A smaller "
-                          f"--lr or a larger --weight may help.", file=sys.stderr)
+                    print(f"{prog}: training diverged at step {trainer.diverged} ({losses}); "
+                          f"{trainer.checkpoint_note()}. {divergence_advice(trainer.config)}", file=sys.stderr)
                 return 1
             if trainer.main:
                 if trainer.out is not None:
-                    write_samples(trainer)
+                    try:
+                        write_samples(trainer)
+                    except OSError as e:
+                        print(f"{prog}: error: cannot write the samples to {trainer.out}: {reason(e)}; "
+                              f"{trainer.checkpoint_note()}", file=sys.stderr)
+                        return 1
                 print("\n".join(summary(trainer)))
     finally:
+        trainer.close()
         if trainer.world > 1:
             # Free the DDP-wrapped nets before their process group, and leave together: a rank whose DDP
             # reducers outlived the destroyed gloo group, exiting while rank 0 still wrote its files, now and

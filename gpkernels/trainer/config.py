@@ -6,6 +6,8 @@ dataset's, then the regulariser's, then whatever the user gave explicitly (None 
 """
 
 import argparse
+import math
+import numbers
 
 from gpkernels import backends
 
@@ -36,6 +38,21 @@ COMMON_DEFAULTS = dict(lazy=1, device="cpu", backend="auto", amp=False, seed=0, 
                        time_budget=None, dragan_scale=0.5, penalty_fraction=1.0)
 # What may change when a run is resumed; everything else must match the checkpoint.
 RESUMABLE = ("steps", "log_every", "eval_every", "checkpoint_every", "time_budget", "backend")
+
+# The numeric options' ranges: integers (flag-named key: (minimum, maximum or None)) ...
+INT_RANGES = dict(steps=(1, None), batch_size=(2, 2**31 - 1), n_critic=(1, None), lazy=(1, 1000),
+                  log_every=(1, None), eval_every=(1, None), checkpoint_every=(1, None), width=(2, 65536),
+                  depth=(1, 256), critic_depth=(1, 256), seed=(0, 2**64 - 1), noise=(1, 65536))
+# ... and floats: finite, within these bounds.
+MAX_LR = 1.0
+MAX_WEIGHT = 1e6                             # the paper: 0.1 on the toy sets, 10 on images and text
+# A complete config's keys and the types their values may have.
+_INT, _REAL, _STR, _BOOL, _NONE = (int,), (numbers.Real,), (str,), (bool,), (type(None),)
+CONFIG_TYPES = dict(
+    dataset=_STR, regularizer=_STR, device=_STR, backend=_STR, dtype=_STR, optimizer=_STR, text_file=_STR + _NONE,
+    amp=_BOOL, compare_reference=_BOOL, layernorm=_BOOL,
+    lr=_REAL, dragan_scale=_REAL, weight=_REAL + _NONE, clip=_REAL + _NONE, time_budget=_REAL + _NONE,
+    betas=(tuple, type(None)), **{k: _INT for k in INT_RANGES})
 
 
 def dataset_group(name):
@@ -68,34 +85,67 @@ def resolve(given):
     return config
 
 
+def check_types(config):
+    """UsageError unless `config` (a dict, e.g. read from a checkpoint) has every key of a complete config with a
+    value of the right type."""
+    for key, types in CONFIG_TYPES.items():
+        if key not in config:
+            raise UsageError(f"--{key.replace('_', '-')} is missing")
+        v = config[key]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise UsageError(f"--{key.replace('_', '-')} is {v!r} ({type(v).__name__})")
+    betas = config["betas"]
+    if betas is not None and not (len(betas) == 2 and all(isinstance(b, numbers.Real) for b in betas)):
+        raise UsageError(f"--betas is {betas!r}")
+
+
+def _number(x):
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
 def check(config, given):
     """Raise UsageError for a value out of range or an option that does not apply."""
     reg = config["regularizer"]
+    if config["dataset"] not in DATASETS:
+        raise UsageError(f"--dataset must be one of {', '.join(DATASETS)}")
+    if reg not in REGULARIZERS:
+        raise UsageError(f"--regularizer must be one of {', '.join(REGULARIZERS)}")
 
-    def positive_int(name, flag, minimum=1):
+    def integer(name, flag=None):
+        flag = flag or "--" + name.replace("_", "-")
+        lo, hi = INT_RANGES[name]
         v = config[name]
-        if not isinstance(v, int) or v < minimum:
-            raise UsageError(f"{flag} must be an integer >= {minimum}, got {v}")
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+            top = f"2^{hi.bit_length()} - 1" if hi is not None and hi > 10**6 and (hi + 1) & hi == 0 else hi
+            within = f">= {lo}" if hi is None else f"in [{lo}, {top}]"
+            raise UsageError(f"{flag} must be an integer {within}, got {v}")
 
-    positive_int("steps", "--steps")
-    positive_int("batch_size", "--batch-size", 2)
-    positive_int("n_critic", "--n-critic")
-    positive_int("lazy", "--lazy")
+    def real(name, lo, hi=math.inf, lo_open=True, hint=""):
+        flag = "--" + name.replace("_", "-")
+        v = config[name]
+        ok = (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+              and (v > lo if lo_open else v >= lo) and v <= hi)
+        if not ok:
+            bounds = (f"{'>' if lo_open else '>='} {_number(lo)}" if hi == math.inf else
+                      f"in {'(' if lo_open else '['}{_number(lo)}, {_number(hi)}]")
+            raise UsageError(f"{flag} must be a finite number {bounds}, got {v}{hint}")
+
+    for name in ("steps", "batch_size", "n_critic", "lazy", "log_every", "eval_every", "checkpoint_every",
+                 "width", "seed", "noise"):
+        integer(name)
+    if dataset_group(config["dataset"]) != "digits":
+        integer("depth")
+    if config["dataset"] in TOY:
+        integer("critic_depth")
+    real("lr", 0, MAX_LR)
     f = config.get("penalty_fraction", 1.0)      # absent from the configs of older checkpoints
-    if not (isinstance(f, (int, float)) and 0 < f <= 1):
+    if not (isinstance(f, numbers.Real) and not isinstance(f, bool) and 0 < f <= 1):
         raise UsageError(f"--penalty-fraction must lie in (0, 1], got {f}")
-    positive_int("log_every", "--log-every")
-    positive_int("eval_every", "--eval-every")
-    positive_int("checkpoint_every", "--checkpoint-every")
-    positive_int("width", "--width", 2)
-    if not (config["lr"] > 0):
-        raise UsageError(f"--lr must be > 0, got {config['lr']}")
     if reg == "clip":
         for flag, key in (("--weight", "weight"), ("--betas", "betas")):
             if key in given:
                 raise UsageError(f"{flag} does not apply to --regularizer clip (RMSprop, no penalty)")
-        if not (config["clip"] > 0):
-            raise UsageError(f"--clip must be > 0, got {config['clip']}")
+        real("clip", 0)
     elif "clip" in given:
         raise UsageError(f"--clip applies to --regularizer clip only, not {reg}")
     if reg in ("clip", "none"):
@@ -106,8 +156,10 @@ def check(config, given):
         if config["compare_reference"]:
             raise UsageError(f"--compare-reference needs a penalty to compare ({', '.join(PENALTIES)}); "
                              f"{reg} has none")
-    elif not (config["weight"] >= 0):
-        raise UsageError(f"--weight must be >= 0, got {config['weight']}")
+    else:
+        real("weight", 0, MAX_WEIGHT, lo_open=False,
+             hint=" (the paper uses 0.1 on the toy sets, 10 on digits and text)")
+        real("dragan_scale", 0)
     if config["betas"] is not None:
         b1, b2 = config["betas"]
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
@@ -122,8 +174,8 @@ def check(config, given):
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, got {config['backend']}")
     if config["text_file"] is not None and config["dataset"] != "text":
         raise UsageError("--text-file applies to --dataset text only")
-    if config["time_budget"] is not None and not (config["time_budget"] > 0):
-        raise UsageError(f"--time-budget must be > 0 seconds, got {config['time_budget']}")
+    if config["time_budget"] is not None:
+        real("time_budget", 0, hint=" (leave --time-budget out for no limit)")
     if config["layernorm"] and config["dataset"] != "digits":
         raise UsageError("--layernorm applies to the digits critic only")
     # The digits nets have a fixed depth and the text critic shares --depth with its generator: say so rather

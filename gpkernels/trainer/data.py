@@ -161,15 +161,26 @@ class TextSampler:
         return ["".join(self.vocab[i] for i in row) for row in codes.tolist()]
 
 
+def read_text_file(path):
+    """The text of a UTF-8 file (a leading byte-order mark dropped). ValueError naming the byte offset of the
+    first byte that is not UTF-8: a file in another encoding is refused, not decoded into replacement
+    characters."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8: the byte 0x{raw[e.start]:02x} at offset {e.start} is not valid UTF-8 "
+                         f"({e.reason}); convert the file, e.g. iconv -f latin1 -t utf-8") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def make_sampler(name, dtype=torch.float32, device="cpu", text_file=None):
     if name in TOY:
         return ToySampler(name, dtype, device)
     if name == "digits":
         return DigitsSampler(dtype, device)
     if name == "text":
-        text = None
-        if text_file is not None:
-            with open(text_file, encoding="utf-8", errors="replace") as f:
-                text = f.read()
+        text = None if text_file is None else read_text_file(text_file)
         return TextSampler(text, dtype, device)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

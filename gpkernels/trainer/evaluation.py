@@ -12,8 +12,9 @@ from .config import dataset_group
 
 
 def generator_at(seed, step):
-    """The CPU generator an evaluation of run `seed` at `step` draws from."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    """The CPU generator an evaluation of run `seed` at `step` draws from (the seed taken modulo 2^64, so that
+    every 64-bit --seed has one)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**64)
 
 
 class Evaluator:

@@ -25,10 +25,11 @@ import time
 import torch
 import torch.distributed as dist
 
-from . import checkpoint, data, evaluation, models, regularizers
+from . import checkpoint, data, evaluation, models, regularizers, rundir
 from .checkpoint import CHECKPOINT, METRICS
 from .config import UsageError
 from .models import unwrap
+from .rundir import RunDirError
 
 
 # --------------------------------------------------------------------------------------- distribution
@@ -105,6 +106,7 @@ class Trainer:
             where = "" if config["text_file"] is None else f"--text-file {config['text_file']}: "
             raise UsageError(where + str(e)) from None
         vocab = getattr(self.sampler, "vocab_size", None)
+        check_memory(config, self.sampler, vocab, device, self.dtype)
 
         seed = config["seed"]
         with torch.random.fork_rng(devices=[]):
@@ -127,10 +129,11 @@ class Trainer:
         self.opt_g, self.opt_d = self._optimizers(self.generator, self.critic)
 
         # Different batches and noise per process; the same initialisation everywhere (DDP broadcasts it too).
+        # (Modulo 2^64: every 64-bit --seed gives valid generator seeds; smaller ones are unchanged by it.)
         stream = seed * 1_000_003 + self.rank * 7919
-        self.rng = dict(data=torch.Generator().manual_seed(stream + 1),
-                        noise=torch.Generator().manual_seed(stream + 2),
-                        penalty=torch.Generator(device=device).manual_seed(stream + 3))
+        self.rng = dict(data=torch.Generator().manual_seed((stream + 1) % 2**64),
+                        noise=torch.Generator().manual_seed((stream + 2) % 2**64),
+                        penalty=torch.Generator(device=device).manual_seed((stream + 3) % 2**64))
         self.amp_dtype = None
         self.scalers = None
         if config["amp"]:
@@ -144,8 +147,26 @@ class Trainer:
         self.last = {}
         self._evaluator = None
         self._stop_requested = False
+        self.lock = None                     # rundir.RunLock on self.out, held by rank 0 until close()
+        self.saved_step = None               # the step of the checkpoint in self.out, once there is one
         if self.out is not None:
-            checkpoint.prepare(self, resume, overwrite)
+            try:
+                checkpoint.prepare(self, resume, overwrite)
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self):
+        """Release the run directory's lock (also released when the process ends, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def checkpoint_note(self):
+        """Which checkpoint the run directory holds now, for the messages that end a run early."""
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the checkpoint in {self.out} is from step {self.saved_step}"
 
     # ------------------------------------------------------------------------------------------ pieces
 
@@ -285,10 +306,15 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- the loop
 
     def _log(self, record):
+        """Append `record` to history and (rank 0) to metrics.jsonl. Returns None, or what went wrong writing."""
         self.history.append(record)
         if self.out is not None and self.main:
-            with open(self.out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.out / METRICS, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                return f"cannot append to {self.out / METRICS}: {rundir.reason(e)}"
+        return None
 
     def request_stop(self, *_):
         if self._stop_requested:            # a second Ctrl-C: stop now, without a checkpoint
@@ -330,9 +356,12 @@ class Trainer:
                     # Log what happened, keep the last good checkpoint, stop (every process, together).
                     self.diverged = self.step
                     self.last = record
+                    problem = None
                     if self.main:
-                        self._log(dict(step=self.step, seconds=round(self.train_seconds, 4),
-                                       **{k: _finite(v) for k, v in record.items()}))
+                        problem = self._log(dict(step=self.step, seconds=round(self.train_seconds, 4),
+                                                 **{k: _finite(v) for k, v in record.items()}))
+                    if self.out is not None:
+                        rundir.agree(self, problem, RunDirError)
                     break
                 last = self.step == total or stop
                 self.last = record
@@ -345,8 +374,9 @@ class Trainer:
                         record.update(self.evaluate())
                         if "samples" in record and bar is not None:
                             bar.write(f"step {self.step}: " + " | ".join(record["samples"][:3]))
-                    if self.main:
-                        self._log(record)
+                    problem = self._log(record) if self.main else None
+                    if self.out is not None:
+                        rundir.agree(self, problem, RunDirError)      # a full disk stops every process
                 if self.out is not None and (self.step % c["checkpoint_every"] == 0 or last):
                     self.save(self.out / CHECKPOINT)
                 if bar is not None:
@@ -404,6 +434,87 @@ class Trainer:
     def load(self, path):
         """Continue from the checkpoint at `path` (checkpoint.load): UsageError if it does not fit this run."""
         checkpoint.load(self, path)
+
+
+def check_memory(config, sampler, vocab, device, dtype):
+    """UsageError (naming --batch-size, or --width) when the run plainly needs more memory than the
+    device has available: known before anything is allocated, from the nets built on the meta device.
+
+    The estimate: parameters with gradients and optimiser moments (twice with --compare-reference), plus the
+    activations of a critic step with its penalty (a generator forward, three critic forwards and their
+    backward) for the batch. It is close to what a run takes (digits, batch 20,000: 2.1 GB measured beyond the
+    process's baseline, 2.0 GB estimated), and a run is refused only when it exceeds all the available memory."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        g, d, noise_dim = models.build(config, vocab)
+    size = 8 if dtype == torch.float64 else 4
+    params = sum(p.numel() for net in (g, d) for p in net.parameters())
+    moments = 1 if config["optimizer"] == "rmsprop" else 2
+    copies = 2 if config["compare_reference"] else 1
+    param_bytes = params * size * (2 + moments) * copies
+    # Activations per sample: the outputs of every leaf module in one generator and one critic forward.
+    counted = {"g": 0, "d": 0}
+    hooks = []
+    for name, net in (("g", g), ("d", d)):
+        for m in net.modules():
+            if not list(m.children()):
+                hooks.append(m.register_forward_hook(
+                    lambda _m, _i, out, name=name: counted.__setitem__(name, counted[name] + out.numel())))
+    with torch.no_grad():
+        d(g(torch.zeros(1, noise_dim, device="meta")))
+    for h in hooks:
+        h.remove()
+    sample = int(torch.Size(sampler.sample(1, torch.Generator().manual_seed(0)).shape[1:]).numel())
+    per_sample = counted["g"] + 3 * 2 * counted["d"] + 4 * sample
+    activation_bytes = config["batch_size"] * per_sample * size * copies
+    need = param_bytes + activation_bytes
+    available = available_memory(device)
+    if available is None:
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    if need * local > available:
+        where = "the GPU" if device.type == "cuda" else "this machine"
+        share = f", shared by {local} processes" if local > 1 else ""
+        if activation_bytes >= param_bytes:
+            what, fix = f"--batch-size {config['batch_size']}", "lower --batch-size"
+        else:
+            what = f"--width {config['width']}"
+            fix = {"digits": "lower --width", "text": "lower --width or --depth"}.get(
+                config["dataset"], "lower --width, --depth or --critic-depth")
+        if copies > 1:
+            fix += " (--compare-reference doubles it)"
+        raise UsageError(f"{what}: this run needs about {rundir.size(need)} of memory ({rundir.size(available)} "
+                         f"available on {where}{share}); {fix}")
+
+
+def available_memory(device):
+    """Bytes of memory available to this process on `device` (None when unknown): free GPU memory; on the CPU,
+    MemAvailable, or less where a cgroup limit leaves less."""
+    if device.type == "cuda":
+        try:
+            return torch.cuda.mem_get_info(device)[0]
+        except Exception:                    # pragma: no cover
+            return None
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        limit = pathlib.Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(pathlib.Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            left = int(limit) - used
+            available = left if available is None else min(available, left)
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def _finite(v):
