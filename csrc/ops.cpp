@@ -210,6 +210,15 @@ TORCH_LIBRARY_IMPL(gpkernels, CUDA, m) { GPK_REGISTER_IMPLS(m) }
 }  // namespace gpkernels
 
 // The Python module only reports how the extension was built; the ops are reached through torch.ops.
+//   with_cuda       whether the CUDA kernels are compiled in
+//   cuda_archs      nvcc's __CUDA_ARCH_LIST__: the virtual architectures it compiled (e.g. "800,900")
+//   cuda_sass       the GPUs the kernels carry machine code for, from setup.py's -gencode flags ("80,90";
+//                   None when the build could not say); cuda_ptx: the PTX they carry ("90"), which the driver
+//                   compiles for that and any newer GPU. gpkernels/backends/native.py refuses a GPU they miss.
+//   torch_version   the torch headers it was compiled against ("2.14.1")
+#define GPK_BUILD_STR_(...) #__VA_ARGS__
+#define GPK_BUILD_STR(...) GPK_BUILD_STR_(__VA_ARGS__)
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
 #ifdef GPKERNELS_WITH_CUDA
   mod.attr("with_cuda") = true;
@@ -218,4 +227,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.attr("with_cuda") = false;
   mod.attr("cuda_archs") = std::string();
 #endif
+#if defined(GPKERNELS_WITH_CUDA) && defined(GPKERNELS_CUDA_SASS) && defined(GPKERNELS_CUDA_PTX)
+  mod.attr("cuda_sass") = std::string(GPK_BUILD_STR(GPKERNELS_CUDA_SASS));
+  mod.attr("cuda_ptx") = std::string(GPK_BUILD_STR(GPKERNELS_CUDA_PTX));
+#elif defined(GPKERNELS_WITH_CUDA)
+  mod.attr("cuda_sass") = pybind11::none();
+  mod.attr("cuda_ptx") = pybind11::none();
+#else
+  mod.attr("cuda_sass") = std::string();
+  mod.attr("cuda_ptx") = std::string();
+#endif
+  mod.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
+                              "." + std::to_string(TORCH_VERSION_PATCH);
 }

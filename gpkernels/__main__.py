@@ -35,12 +35,18 @@ def info():
         f"torch          {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
         f"triton         {triton_version}",
         f"CUDA devices   {torch.cuda.device_count()}"
-        + ("".join(f"\n               {i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))),
+        + "".join(f"\n               {i}: {torch.cuda.get_device_name(i)} (compute capability "
+                  f"{'.'.join(map(str, torch.cuda.get_device_capability(i)))})"
+                  for i in range(torch.cuda.device_count())),
         f"CPU threads    {torch.get_num_threads()}",
     ]
     if native.LOADED:
-        cuda = f"yes, archs {native.CUDA_ARCHS}" if native.WITH_CUDA else "no"
-        lines.append(f"extension      loaded; CUDA kernels: {cuda}")
+        built = f" against torch {native.BUILT_TORCH}" if native.BUILT_TORCH else ""
+        lines.append(f"extension      loaded (built{built}); CUDA kernels: {'yes' if native.WITH_CUDA else 'no'}")
+        if native.WITH_CUDA:
+            carried = ("not recorded by this build" if native.CUDA_SASS is None
+                       else native.describe_archs(native.CUDA_SASS, native.CUDA_PTX))
+            lines.append(f"CUDA archs     {carried} (nvcc arch list {native.CUDA_ARCHS})")
     else:
         lines.append(f"extension      not loaded: {native.LOAD_ERROR}")
     lines.append(f"default        {gpkernels.current_backend()}")

@@ -4,6 +4,7 @@ no extension."""
 import os
 import subprocess
 import sys
+import types
 import warnings
 
 import pytest
@@ -119,6 +120,9 @@ def test_info_command_reports_every_backend():
         assert word in out.stdout
     if native.LOADED:
         assert "extension      loaded" in out.stdout
+        assert f"built against torch {torch.__version__.split('+')[0]}" in out.stdout
+    if native.LOADED and native.WITH_CUDA and native.CUDA_SASS is not None:
+        assert "CUDA archs     " + native.describe_archs(native.CUDA_SASS, native.CUDA_PTX) in out.stdout
 
 
 @pytest.mark.skipif(os.environ.get("GPKERNELS_EXPECT_CUDA_BUILD") != "1",
@@ -127,6 +131,87 @@ def test_the_build_compiled_the_cuda_kernels():
     assert native.LOADED, native.LOAD_ERROR
     assert native.WITH_CUDA, "nvcc and a CUDA torch are present but the extension has no CUDA kernels"
     assert native.CUDA_ARCHS not in ("", "unknown"), "the build does not say which architectures it carries"
+    assert native.CUDA_SASS is not None, "the build does not record its SASS and PTX"
+    assert native.CUDA_SASS or native.CUDA_PTX
+    # What setup.py recorded from its -gencode flags is what nvcc compiled (__CUDA_ARCH_LIST__: 800 for 8.0).
+    recorded = {native._arch(a)[:2] for a in native.CUDA_SASS + native.CUDA_PTX}
+    compiled = {divmod(int(a) // 10, 10) for a in native.CUDA_ARCHS.split(",")}
+    assert recorded == compiled, (native.CUDA_SASS, native.CUDA_PTX, native.CUDA_ARCHS)
+
+
+# The rule that decides whether the CUDA kernels can run on a GPU, as a pure function of its compute capability
+# and what the build carries (SASS: runs on the same major with an equal or higher minor; PTX: compiled by the
+# driver for that capability and every higher one).
+@pytest.mark.parametrize("capability, sass, ptx, runs", [
+    ((7, 5), ("80", "90"), ("90",), False),        # T4 against the default 8.0;9.0+PTX
+    ((7, 0), ("80", "90"), ("90",), False),        # V100
+    ((8, 0), ("80", "90"), ("90",), True),
+    ((8, 6), ("80",), (), True),                   # sm_80 SASS runs on 8.6
+    ((8, 9), ("80", "90"), ("90",), True),
+    ((9, 0), ("80",), (), False),                  # no SASS of major 9, no PTX
+    ((9, 0), ("80",), ("80",), True),              # PTX 8.0 compiled for 9.0
+    ((10, 0), ("90",), ("90",), True),             # through the PTX
+    ((12, 0), ("80", "90"), (), False),            # no PTX: nothing for a newer major
+    ((12, 0), ("80", "90", "120"), (), True),
+    ((9, 0), ("90a",), (), True),                  # arch-specific SASS: that capability only
+    ((10, 0), ("90a",), ("90a",), False),
+    ((10, 3), ("100f",), (), True),                # family SASS: same major
+    ((12, 0), (), ("100f",), False),               # family PTX: same major only
+])
+def test_cuda_arch_coverage_rule(capability, sass, ptx, runs):
+    reason = native.cuda_arch_refusal(capability, sass, ptx)
+    assert (reason is None) == runs, reason
+    if not runs:
+        major, minor = capability
+        assert f"no kernel image for this GPU (compute capability {major}.{minor}" in reason
+        assert native.describe_archs(sass, ptx) in reason
+        assert f'TORCH_CUDA_ARCH_LIST="{major}.{minor}"' in reason
+
+
+def _pretend_gpu(monkeypatch, capability, sass=("80", "90"), ptx=("90",)):
+    """A machine whose CUDA device 0 has `capability`, and an extension built with CUDA kernels for
+    sass/ptx (no GPU needed)."""
+    monkeypatch.setattr(native, "LOADED", True)
+    monkeypatch.setattr(native, "WITH_CUDA", True)
+    monkeypatch.setattr(native, "CUDA_SASS", sass)
+    monkeypatch.setattr(native, "CUDA_PTX", ptx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+
+    def properties_of(device=None):
+        asked.append(device)
+        return types.SimpleNamespace(major=capability[0], minor=capability[1], name="pretend GPU")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties_of)
+    return asked
+
+
+def test_cuda_backend_refuses_a_gpu_the_build_does_not_cover(monkeypatch):
+    asked = _pretend_gpu(monkeypatch, (7, 5))
+    reasons = backends.refusals("cuda", "cuda:0")
+    assert len(reasons) == 1 and "no kernel image for this GPU (compute capability 7.5" in reasons[0], reasons
+    assert asked == [torch.device("cuda", 0)]
+    asked.clear()
+    assert "got cpu tensors" in backends.refusals("cuda", "cpu")[0]
+    assert asked == []  # the capability is asked of CUDA devices only
+    # auto moves on to the next backend for CUDA tensors, warning once with the reason
+    monkeypatch.setattr(backends, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="'cuda' is unavailable .*no kernel image for this GPU"):
+        chosen = backends.select("gpkernels.penalty", "auto", torch.device("cuda", 0))
+    assert chosen.name != "cuda"
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run cuda tensors: the build carries no kernel"):
+        backends.select("gpkernels.penalty", "cuda", torch.device("cuda", 0))
+
+
+def test_cuda_backend_accepts_a_covered_gpu(monkeypatch):
+    _pretend_gpu(monkeypatch, (8, 6))
+    assert backends.refusals("cuda", "cuda:0") == []
+    assert backends.select("gpkernels.penalty", "auto", torch.device("cuda", 0)).name == "cuda"
+    _pretend_gpu(monkeypatch, (10, 0))  # through compute_90 PTX
+    assert backends.refusals("cuda", "cuda") == []
+    # A build that did not record its archs is not second-guessed.
+    _pretend_gpu(monkeypatch, (7, 5), sass=None, ptx=None)
+    assert backends.refusals("cuda", "cuda") == []
 
 
 def test_a_backend_is_one_registration(monkeypatch):
