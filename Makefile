@@ -11,8 +11,7 @@ EXPECT_CUDA_BUILD := $(if $(GPKERNELS_NO_CUDA),0,$(if $(shell command -v nvcc),1
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h)
 EXT_STAMP := gpkernels/.built
 # The extras' requirements, read from pyproject.toml (one list of what is used, there).
-EXTRAS = $(shell $(VPY) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-	print(' '.join(sorted(set(r for k in ('test', 'train') for r in d['optional-dependencies'][k]))))")
+EXTRAS = $(shell $(VPY) .ci/extras.py test train)
 
 .PHONY: all build demo test test-quick test-min-torch check-dist lint bench info gpu-check clean
 

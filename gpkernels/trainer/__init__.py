@@ -14,6 +14,7 @@
     metrics.py       the metrics themselves: exact W1, the digits Frechet distance, n-gram JS divergences
     plots.py         matplotlib helpers (pyplot, critic contours, digit grids)
     experiments.py   `python -m gpkernels experiments`: the WGAN-GP paper's findings as figures and a report
+    frontier.py      the experiment `frontier`: cost against quality of clip, GP, LP, lazy/subsampled GP, FD
 """
 
 from .config import PENALTIES, REGULARIZERS, UsageError, resolve

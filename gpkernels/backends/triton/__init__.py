@@ -9,6 +9,7 @@ The ops are defined (and their fakes registered) whether or not triton is instal
 imported at the first launch, since it reads TRITON_INTERPRET when the kernels are defined.
 """
 
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -29,14 +30,32 @@ def interpreted():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _version(package):
+    try:
+        return tuple(int(x) for x in importlib.metadata.version(package).split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+# Looked up once: a refusal is asked on every call (and torch.compile cannot trace find_spec).
+INSTALLED = importlib.util.find_spec("triton") is not None
+# Triton's interpreter before 3.7 converts one-element numpy arrays with int(), which numpy 2.4 refuses
+# ("only 0-dimensional arrays can be converted to Python scalars") in every loop over a row.
+_TRITON, _NUMPY = _version("triton"), _version("numpy")
+INTERPRETER_BROKEN = (_TRITON is not None and _TRITON < (3, 7) and _NUMPY is not None and _NUMPY >= (2, 4))
+
+
 def _refusals(device):
     reasons = []
-    if importlib.util.find_spec("triton") is None:
+    if not INSTALLED:
         reasons.append("triton is not installed")
     if device.type == "cpu":
         if not interpreted():
             reasons.append("CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing "
                            "gpkernels")
+        elif INTERPRETER_BROKEN:
+            reasons.append(f"Triton {'.'.join(map(str, _TRITON))}'s interpreter fails with numpy "
+                           f"{'.'.join(map(str, _NUMPY))} (numpy < 2.4, or triton >= 3.7, works)")
     elif device.type != "cuda":
         reasons.append(f"it runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device.type}")
     return reasons
