@@ -117,7 +117,8 @@ def pareto(points):
 
 def figures(ctx, numbers, curves, plt):
     names = []
-    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2))
+    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2), squeeze=False)
+    axes = axes[0]
     for ax, (dataset, res) in zip(axes, numbers.items()):
         labels = list(res["variants"])
         pts = [(res["variants"][k]["cost"], res["variants"][k]["final"][0]) for k in labels]
@@ -135,7 +136,8 @@ def figures(ctx, numbers, curves, plt):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     names.append(ctx.save(fig, "frontier.png"))
-    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2))
+    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2), squeeze=False)
+    axes = axes[0]
     for ax, (dataset, res) in zip(axes, numbers.items()):
         for label in res["variants"]:
             for j, points in enumerate(curves[(dataset, label)]):

@@ -1,0 +1,49 @@
+"""The frontier experiment's bookkeeping: the Pareto set, the verdict rule, and one shortened end-to-end run
+(one data set, three variants, two seeds) that writes its figures and numbers, with the subsampled penalty
+and the lazy schedule in the trainer."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from gpkernels.trainer import frontier
+
+
+def test_pareto_keeps_the_points_nothing_beats_on_both():
+    pts = [(1.0, 5.0), (1.2, 3.0), (2.0, 2.0), (1.5, 4.0), (2.5, 2.0), (3.0, 1.0)]
+    assert frontier.pareto(pts) == [0, 1, 2, 5]
+
+
+def test_verdict_reaches_within_the_seeds_spread_at_the_budget():
+    row = lambda cost, mean, std: dict(cost=cost, final=(mean, std))  # noqa: E731
+    table = {"clip": row(1.0, 9.0, 0.1), "gp": row(1.8, 1.0, 0.2), "cheap-good": row(1.2, 1.15, 0.1),
+             "cheap-bad": row(1.1, 2.0, 0.1), "dear-good": row(1.6, 0.9, 0.1), "cheap-noisy": row(1.3, 1.4, 0.5)}
+    v = frontier.verdict(table)
+    assert v == dict(reach=["cheap-good", "cheap-noisy"], miss=["cheap-bad"])
+
+
+def test_a_shortened_frontier_run_writes_its_figures_and_numbers(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from gpkernels.trainer import experiments
+
+    monkeypatch.setattr(frontier, "DATASETS", ("25gaussians",))
+    monkeypatch.setattr(frontier, "VARIANTS", [v for v in frontier.VARIANTS
+                                               if v[0] in ("clip", "gp", "gp lazy 2 f=1/2")])
+    real_run = frontier.run
+    monkeypatch.setattr(frontier, "run", lambda ctx: real_run(ctx, seeds=2))
+    threads = torch.get_num_threads()
+    try:
+        code = experiments.main(["frontier", "--quick", "--scale", "0.1", "--out", str(tmp_path), "--no-progress",
+                                 "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())["frontier"]["25gaussians"]
+    assert set(summary["variants"]) == {"clip", "gp", "gp lazy 2 f=1/2"}
+    assert summary["variants"]["clip"]["cost"] == 1.0 and summary["seeds"] == 2
+    for v in summary["variants"].values():
+        assert math.isfinite(v["final"][0]) and v["cost"] > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "](frontier.png)" in report and "](frontier_time.png)" in report
