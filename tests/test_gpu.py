@@ -199,23 +199,20 @@ def test_the_penalty_step_does_not_synchronise_and_captures_in_a_cuda_graph(back
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured_loss = step()
+    def restore():
+        with torch.no_grad():
+            for p, s in zip(critic.parameters(), start):
+                p.copy_(s)
+            for k, v in opt.state.items():
+                for n, t in v.items():
+                    if torch.is_tensor(t):
+                        t.copy_(state[k][n])
+
     # Replay from the state before capture, then the same step eagerly from that state: equal.
-    with torch.no_grad():
-        for p, s in zip(critic.parameters(), start):
-            p.copy_(s)
-    for k, v in opt.state.items():
-        for n, t in v.items():
-            if torch.is_tensor(t):
-                t.copy_(state[k][n])
+    restore()
     graph.replay()
     replayed = [p.detach().clone() for p in critic.parameters()]
-    with torch.no_grad():
-        for p, s in zip(critic.parameters(), start):
-            p.copy_(s)
-    for k, v in opt.state.items():
-        for n, t in v.items():
-            if torch.is_tensor(t):
-                t.copy_(state[k][n])
+    restore()
     eager_loss = step()
     torch.cuda.synchronize()
     torch.testing.assert_close(captured_loss, eager_loss, rtol=1e-5, atol=1e-6)
