@@ -8,6 +8,8 @@ with target 0 and exponent 2 the penalty is w * s^2 * ||g||^2, smooth everywhere
 derivatives of w |d|^p are taken as 0 where d = 0 and at a zero gradient, as the kernels take them.
 """
 
+import math
+
 import torch
 
 
@@ -38,22 +40,46 @@ def penalty_terms(grads, target, one_sided, weight, inv_scale, exponent=2.0):
     d_i = norms_i - target (one-sided: max(0, d_i)).
     """
     g = grads.reshape(grads.shape[0], -1).to(accum_dtype(grads.dtype))
-    sumsq = (g * g).sum(dim=1)
-    if exponent != 2:
-        return _power_terms(sumsq, target, one_sided, weight, inv_scale, exponent)
-    if target == 0:
-        values = weight * inv_scale**2 * sumsq
-        norms = inv_scale * sumsq.sqrt()
+    lengths, rescued = _row_norms(g)
+    norms = lengths * inv_scale
+    if exponent == 2 and target == 0:
+        # w s^2 ||g||^2 from the sum of squares: no square root in the graph, so smooth at a zero gradient. Rows
+        # whose plain sum of squares under- or overflows sum (s g)^2 instead (finite wherever the value is).
+        sumsq = (g * g).sum(dim=1)
+        values = torch.where(rescued, weight * ((inv_scale * g) ** 2).sum(dim=1), weight * inv_scale**2 * sumsq)
         return values, norms.detach()
-    # sqrt of a masked value so that the derivative at a zero gradient is 0, not NaN. The mask is
-    # "nonzero", not "positive", so a NaN sum of squares stays NaN (GradScaler must see it).
-    nonzero = sumsq != 0
-    norms = torch.where(nonzero, torch.where(nonzero, sumsq, torch.ones_like(sumsq)).sqrt(),
-                        torch.zeros_like(sumsq)) * inv_scale
+    if exponent != 2:
+        return _power_terms(norms, target, one_sided, weight, exponent)
     d = norms - target
     if one_sided:
         d = d.clamp_min(0)
     return weight * d * d, norms.detach()
+
+
+def _row_norms(g):
+    """(||g_i||, rescued) for the rows of g (B, N), for every finite norm. A row whose plain sum of squares is
+    not a normal number (0 or subnormal: its squares underflowed; inf: they overflowed) while the row is nonzero
+    and finite is `rescued`: it is multiplied by 2^-e first, e the binary exponent of its largest |g| (an exact
+    multiplication, undone after the square root), as the kernels rescue such rows (csrc/common/penalty_math.h,
+    "Range"). Every other row is multiplied by 1: its results are the plain ones bit for bit. The derivative at
+    a zero row is 0, not NaN: the square root is of a masked value; the mask is "nonzero", not "positive", so a
+    NaN sum of squares stays NaN (GradScaler must see it).
+
+    Autograd's chain through the rescaled sum is finite wherever the value is: for a row whose squares overflow
+    (and so, with target != 0 or exponent != 2, whose value overflows), the derivatives may be inf or NaN here
+    where the fused kernels' are finite."""
+    with torch.no_grad():
+        info = torch.finfo(g.dtype)
+        sumsq = (g * g).sum(dim=1)
+        top = g.abs().amax(dim=1) if g.shape[1] else sumsq
+        rescued = ((sumsq < info.tiny) | (sumsq > info.max)) & (top > 0) & torch.isfinite(top)
+        # 2^-e within the normal powers of two (float32: 2^-126 .. 2^127)
+        lo, hi = math.frexp(info.tiny)[1] - 2, math.frexp(info.max)[1] - 2
+        e = torch.frexp(top).exponent.clamp(lo, hi)
+        scale = torch.where(rescued, torch.pow(2.0, -e.double()).to(g.dtype), torch.ones_like(sumsq))
+    gs = g * scale[:, None]
+    sumsq = (gs * gs).sum(dim=1)
+    return _masked(sumsq, sumsq != 0, torch.sqrt) / scale, rescued
 
 
 def _masked(x, keep, fn):
@@ -61,15 +87,13 @@ def _masked(x, keep, fn):
     return torch.where(keep, fn(torch.where(keep, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
-def _power_terms(sumsq, target, one_sided, weight, inv_scale, exponent):
-    """penalty_terms for an exponent p != 2, from the rows' sums of squares. The kernels take the derivatives
-    of w |d|^p as 0 at a zero gradient and where d = 0 (where they are 0, or infinite for p < 2); so does
-    this, through masks. The masks test "nonzero", not "positive", so that NaN stays NaN."""
-    nonzero = sumsq != 0
-    norms = _masked(sumsq, nonzero, torch.sqrt) * inv_scale
+def _power_terms(norms, target, one_sided, weight, exponent):
+    """penalty_terms for an exponent p != 2, from the norms. The kernels take the derivatives of w |d|^p as 0
+    at a zero gradient and where d = 0 (where they are 0, or infinite for p < 2); so does this, through masks.
+    The masks test "nonzero", not "positive", so that NaN stays NaN."""
     if target == 0:
-        # w (s^2 ||g||^2)^(p/2): from the sum of squares, no square root in the graph.
-        values = weight * _masked(sumsq, nonzero, lambda x: (inv_scale**2 * x) ** (exponent / 2))
+        # w n^p (d = n), its derivatives 0 at a zero gradient.
+        values = weight * _masked(norms, norms != 0, lambda x: x**exponent)
         return values, norms.detach()
     d = norms - target
     if one_sided:

@@ -93,6 +93,46 @@ math::PenaltyParams<acc_t> params_of(const PenaltyScalars& p) {
           static_cast<acc_t>(p.exponent), p.one_sided};
 }
 
+// Rows whose plain sum of squares needs the rescue pass (penalty_math.h, "Range"): their indices and kinds.
+template <typename acc_t>
+struct Rescues {
+  std::vector<int64_t> rows;
+  std::vector<int> kind;  // per row, 0 for most
+  explicit Rescues(int64_t B) : kind(B, 0) {}
+  void note(int64_t row, acc_t sumsq) {
+    kind[row] = math::rescue_kind(sumsq);
+    if (kind[row] != 0) rows.push_back(row);
+  }
+  // f(row, factor) for every rescued row, in parallel (rare: usually none).
+  template <typename F>
+  void for_each(F f) const {
+    if (rows.empty()) return;
+    at::parallel_for(0, static_cast<int64_t>(rows.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) f(rows[i], math::rescue_factor<acc_t>(kind[rows[i]]));
+    });
+  }
+};
+
+// out = a v + b g over one tile: d_grads of the double backward. A function of its own (not inlined), so that
+// the register allocation of the rest of penalty_double_backward cannot spill into this loop.
+template <typename scalar_t, typename acc_t>
+__attribute__((noinline)) void apply_axpby(acc_t a, acc_t b, const scalar_t* v, const scalar_t* g, scalar_t* out,
+                                           int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = static_cast<scalar_t>(a * static_cast<acc_t>(v[j]) + b * static_cast<acc_t>(g[j]));
+  }
+}
+
+// The same where the row's double backward terms are projected (the smallest norms; see DoubleBackwardTerms).
+template <typename scalar_t, typename acc_t>
+__attribute__((noinline)) void apply_projected(const math::DoubleBackwardTerms<acc_t>& t, const scalar_t* v,
+                                               const scalar_t* g, scalar_t* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = static_cast<scalar_t>(math::double_backward_element(t.a.coef, t.a.scale, t.b, t.gamma, t.sigma,
+                                                                 static_cast<acc_t>(v[j]), static_cast<acc_t>(g[j])));
+  }
+}
+
 #define GPK_DISPATCH(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
@@ -164,11 +204,25 @@ void penalty_forward(const at::TensorBase& grads, const PenaltyScalars& scalars,
         return v * v;
       });
     });
+    std::vector<acc_t> sumsq(tiles.B), scaled(tiles.B);
+    Rescues<acc_t> rescues(tiles.B);
+    for (int64_t row = 0; row < tiles.B; ++row) {
+      sumsq[row] = row_total(partial, tiles, row);
+      rescues.note(row, sumsq[row]);
+    }
+    rescues.for_each([&](int64_t row, acc_t f) {
+      const scalar_t* x = g + row * tiles.N;
+      scaled[row] = lane_sum<acc_t>(tiles.N, [&](int64_t j) {
+        const acc_t v = static_cast<acc_t>(x[j]) * f;
+        return v * v;
+      });
+    });
     acc_t* val = values.mutable_data_ptr<acc_t>();
     acc_t* nrm = norms.mutable_data_ptr<acc_t>();
     for (int64_t row = 0; row < tiles.B; ++row) {
-      nrm[row] = math::row_norm(row_total(partial, tiles, row), p);
-      val[row] = math::row_value(nrm[row], p);
+      const auto rn = math::row_norm(sumsq[row], rescues.kind[row], scaled[row], p);
+      nrm[row] = rn.n;
+      val[row] = math::row_value(rn, p);
     }
   });
 }
@@ -184,11 +238,16 @@ void penalty_backward(const at::TensorBase& gout, const at::TensorBase& grads, c
     const acc_t* nrm = norms.const_data_ptr<acc_t>();
     scalar_t* dg = dgrads.mutable_data_ptr<scalar_t>();
     tiles.for_each([&](int64_t row, int64_t lo, int64_t n, int64_t) {
-      // dL/dg_i = gout_i * c_i * g_i
-      const acc_t coef = go[row] * math::row_grad_coef(nrm[row], p);
+      // dL/dg_i = gout_i * c_i * g_i, as coef * (g_i * scale) (scale = 1 but at extreme norms)
+      const auto m = math::grad_multiplier(math::row_norm_of(nrm[row]), go[row], p);
+      const acc_t coef = m.coef, scale = m.scale;
       const int64_t base = row * tiles.N + lo;
-      for (int64_t j = base; j < base + n; ++j) {
-        dg[j] = static_cast<scalar_t>(coef * static_cast<acc_t>(g[j]));
+      if (scale == acc_t(1)) {
+        for (int64_t j = base; j < base + n; ++j) dg[j] = static_cast<scalar_t>(coef * static_cast<acc_t>(g[j]));
+      } else {
+        for (int64_t j = base; j < base + n; ++j) {
+          dg[j] = static_cast<scalar_t>(coef * (static_cast<acc_t>(g[j]) * scale));
+        }
       }
     });
   });
@@ -214,23 +273,42 @@ void penalty_double_backward(const at::TensorBase& v, const at::TensorBase& gout
       dot_part[t] = sums.first;
       sq_part[t] = sums.second;
     });
+    std::vector<acc_t> dot(tiles.B), sumsq(tiles.B), scaled_dot(tiles.B), scaled_sq(tiles.B);
+    Rescues<acc_t> rescues(tiles.B);
+    for (int64_t row = 0; row < tiles.B; ++row) {
+      dot[row] = row_total(dot_part, tiles, row);
+      sumsq[row] = row_total(sq_part, tiles, row);
+      rescues.note(row, sumsq[row]);
+    }
+    rescues.for_each([&](int64_t row, acc_t f) {
+      const int64_t base = row * tiles.N;
+      const auto sums = lane_sum2<acc_t>(tiles.N, [&](int64_t j) {
+        const acc_t gj = static_cast<acc_t>(g[base + j]) * f;
+        return std::pair<acc_t, acc_t>(gj * static_cast<acc_t>(vv[base + j]), gj * gj);
+      });
+      scaled_dot[row] = sums.first;
+      scaled_sq[row] = sums.second;
+    });
     // d_gout_i = c_i <g_i, v_i>;  d_grads_i = a_i v_i + b_i g_i with a_i = gout_i c_i, b_i = gout_i k_i <g_i, v_i>
+    // (or, at the smallest norms, from its parts across and along g_i: DoubleBackwardTerms)
     acc_t* dgo = d_gout.mutable_data_ptr<acc_t>();
+    std::vector<math::DoubleBackwardTerms<acc_t>> terms(tiles.B);
     std::vector<acc_t> a(tiles.B), b(tiles.B);
     for (int64_t row = 0; row < tiles.B; ++row) {
-      const acc_t dot = row_total(dot_part, tiles, row);
-      const acc_t norm = math::row_norm(row_total(sq_part, tiles, row), p);
-      const acc_t c = math::row_grad_coef(norm, p);
-      dgo[row] = c * dot;
-      a[row] = go[row] * c;
-      b[row] = go[row] * math::row_second_coef(norm, p) * dot;
+      const int kind = rescues.kind[row];
+      terms[row] = math::double_backward_terms(math::row_norm(sumsq[row], kind, scaled_sq[row], p), go[row],
+                                               math::RowDot<acc_t>{dot[row], kind, scaled_dot[row]}, p);
+      dgo[row] = terms[row].d_gout;
+      a[row] = terms[row].a.coef;
+      b[row] = terms[row].b;
     }
     scalar_t* dg = d_grads.mutable_data_ptr<scalar_t>();
     tiles.for_each([&](int64_t row, int64_t lo, int64_t n, int64_t) {
-      const acc_t ai = a[row], bi = b[row];
       const int64_t base = row * tiles.N + lo;
-      for (int64_t j = base; j < base + n; ++j) {
-        dg[j] = static_cast<scalar_t>(ai * static_cast<acc_t>(vv[j]) + bi * static_cast<acc_t>(g[j]));
+      if (terms[row].sigma == acc_t(0)) {
+        apply_axpby(a[row], b[row], vv + base, g + base, dg + base, n);
+      } else {
+        apply_projected(terms[row], vv + base, g + base, dg + base, n);
       }
     });
   });

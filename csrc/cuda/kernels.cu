@@ -11,7 +11,7 @@
 //    No atomics: the results are deterministic on a given GPU (the chunking follows its SM count, so GPUs
 //    with different SM counts may round differently).
 //  - Elementwise passes use a 1-D grid-stride loop over all B*N elements.
-// Grid sizes scale with the current device's SM count. Every block has kThreads threads (block_reduce_sum
+// Grid sizes scale with the current device's SM count. Every block has kThreads threads (block_reduce_sums
 // relies on it).
 #include <ATen/Dispatch.h>
 #include <ATen/core/TensorBase.h>
@@ -117,20 +117,25 @@ __device__ __forceinline__ acc_t warp_reduce_sum(acc_t v) {
   return v;
 }
 
-// Sum over the kThreads threads of a block; the result is valid in thread 0. Every thread of the block
-// must call it. It ends with a barrier after the last read of `shared`, so the caller may call it again
-// right away (e.g. for the next quantity or row) without racing on `shared`.
-template <typename acc_t>
-__device__ __forceinline__ acc_t block_reduce_sum(acc_t v, acc_t* shared) {
+// Sums over the kThreads threads of a block of K quantities at once (one pair of barriers for all); the
+// results are valid in thread 0, in v. shared holds K * kWarps values. Every thread of the block must call it.
+// It ends with a barrier after the last read of `shared`, so the caller may call it again right away (e.g.
+// for the next row) without racing on `shared`.
+template <typename acc_t, int K>
+__device__ __forceinline__ void block_reduce_sums(acc_t (&v)[K], acc_t* shared) {
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
-  v = warp_reduce_sum(v);
-  if (lane == 0) shared[warp] = v;
+#pragma unroll
+  for (int q = 0; q < K; ++q) {
+    v[q] = warp_reduce_sum(v[q]);
+    if (lane == 0) shared[q * kWarps + warp] = v[q];
+  }
   __syncthreads();
-  acc_t partial = (threadIdx.x < kWarps) ? shared[threadIdx.x] : acc_t(0);
+  if (warp == 0) {
+#pragma unroll
+    for (int q = 0; q < K; ++q) v[q] = warp_reduce_sum(lane < kWarps ? shared[q * kWarps + lane] : acc_t(0));
+  }
   __syncthreads();
-  if (warp == 0) partial = warp_reduce_sum(partial);
-  return partial;
 }
 
 // Tracks (row, col) = (e / N, e % N) along a grid-stride loop with two divisions per thread instead of a
@@ -172,9 +177,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// penalty_backward: dvalue_i/dg_i = c_i g_i with c_i = w p phi(d_i) s (s / n_i) (row_grad_coef; p = 2:
+// penalty_backward: dvalue_i/dg_i = c_i g_i with c_i = w p phi(d_i) s (s / n_i) (grad_multiplier; p = 2:
 // 2 w s d_i (s / n_i), exactly 2 w s^2 where t = 0; 0 where ||g_i|| = 0 otherwise), so
-// dgrads_i = gout_i c_i g_i. c_i comes from the forward's norms: no reduction here.
+// dgrads_i = gout_i c_i g_i, applied as coef * (g * scale) (scale = 1 but at extreme norms). c_i comes from
+// the forward's norms: no reduction here.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     penalty_backward_kernel(const acc_t* gout, const acc_t* norms, const scalar_t* grads, scalar_t* dgrads,
@@ -184,28 +190,34 @@ __global__ void __launch_bounds__(kThreads)
   RowCursor cur(e, stride, N);
   // The coefficient changes only with the row; recompute it only when the row does.
   int64_t coef_row = -1;
-  acc_t coef = acc_t(0);
+  acc_t coef = acc_t(0), scale = acc_t(1);
   for (; e < total; e += stride, cur.advance()) {
     if (cur.row != coef_row) {
       coef_row = cur.row;
-      coef = gout[coef_row] * math::row_grad_coef(norms[coef_row], p);
+      const auto m = math::grad_multiplier(math::row_norm_of(norms[coef_row]), gout[coef_row], p);
+      coef = m.coef;
+      scale = m.scale;
     }
-    dgrads[e] = static_cast<scalar_t>(coef * static_cast<acc_t>(grads[e]));
+    dgrads[e] = static_cast<scalar_t>(coef * (static_cast<acc_t>(grads[e]) * scale));
   }
 }
 
-// Second pass of penalty_double_backward: d_grads_i = a_i v_i + b_i g_i (a_i, b_i from DoubleBackwardMode).
+// Second pass of penalty_double_backward: d_grads_i = a_i v_i + b_i g_i (terms: [a | b | scale_a | gamma |
+// sigma], B each, from DoubleBackwardMode; sigma = 0 but at the smallest norms, math::double_backward_element).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    penalty_double_backward_apply_kernel(const acc_t* coef_a, const acc_t* coef_b, const scalar_t* v,
-                                         const scalar_t* grads, scalar_t* d_grads, int64_t total, int64_t N) {
+    penalty_double_backward_apply_kernel(const acc_t* terms, const scalar_t* v, const scalar_t* grads,
+                                         scalar_t* d_grads, int64_t B, int64_t total, int64_t N) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   RowCursor cur(e, stride, N);
   for (; e < total; e += stride, cur.advance()) {
-    const acc_t a = coef_a[cur.row];
-    const acc_t b = coef_b[cur.row];
-    d_grads[e] = static_cast<scalar_t>(a * static_cast<acc_t>(v[e]) + b * static_cast<acc_t>(grads[e]));
+    const acc_t* t = terms + cur.row;
+    const acc_t a = t[0], b = t[B], sigma = t[4 * B];
+    const acc_t x = static_cast<acc_t>(v[e]);
+    const acc_t y = static_cast<acc_t>(grads[e]);
+    d_grads[e] = static_cast<scalar_t>(
+        sigma == acc_t(0) ? a * x + b * y : math::double_backward_element(a, t[2 * B], b, t[3 * B], sigma, x, y));
   }
 }
 
@@ -231,7 +243,7 @@ __global__ void __launch_bounds__(kThreads)
                         const scalar_t* __restrict__ in2, scalar_t* __restrict__ out0, scalar_t* __restrict__ out1,
                         acc_t* __restrict__ partials, int64_t B, int64_t N, int64_t chunk_len) {
   const Rows<scalar_t> rows{in0, in1, in2, out0, out1};
-  __shared__ acc_t shared[kWarps];
+  __shared__ acc_t shared[Mode::kParts * kWarps];
   const int64_t chunk = blockIdx.x;
   const int64_t nchunks = gridDim.x;
   const int64_t begin = chunk * chunk_len;
@@ -242,10 +254,10 @@ __global__ void __launch_bounds__(kThreads)
     acc_t acc[Mode::kParts] = {};
 #pragma unroll(Mode::kUnroll)
     for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) m.add(rows, base + j, acc);
+    block_reduce_sums(acc, shared);
+    if (threadIdx.x == 0) {
 #pragma unroll
-    for (int q = 0; q < Mode::kParts; ++q) {
-      const acc_t s = block_reduce_sum(acc[q], shared);
-      if (threadIdx.x == 0) partials[(q * B + row) * nchunks + chunk] = s;
+      for (int q = 0; q < Mode::kParts; ++q) partials[(q * B + row) * nchunks + chunk] = acc[q];
     }
   }
 }
@@ -321,12 +333,22 @@ struct InterpBackwardMode {
   }
 };
 
-// penalty_forward, rows (grads): n_i = s ||g_i||, value_i = w |d_i|^p (row_norm, row_value) from sum g^2.
+// The rescue sums of penalty_math.h ("Range"), kept in the same pass: for one element x (and v), the
+// sums of (2^R x)^2 and (2^-R x)^2 (and their products with v) beside the plain ones. The scaled-up sum leaves
+// out elements that no row rescued upward has, so that it never overflows.
+template <typename acc_t>
+__device__ __forceinline__ acc_t rescue_up(acc_t x) {
+  using Range = math::Range<acc_t>;
+  return (fabs(x) < Range::rescue_up_below() ? x : acc_t(0)) * Range::rescue_up();
+}
+
+// penalty_forward, rows (grads): n_i = s ||g_i||, value_i = w |d_i|^p (row_norm, row_value) from sum g^2
+// (parts: sum g^2, sum (2^R g)^2, sum (2^-R g)^2).
 template <typename T>
 struct ForwardMode {
   using scalar_t = T;
   using acc_t = acc_t_of<T>;
-  static constexpr int kParts = 1;
+  static constexpr int kParts = 3;
   static constexpr int kUnroll = 4;
   acc_t *values, *norms;
   math::PenaltyParams<acc_t> p;
@@ -334,47 +356,62 @@ struct ForwardMode {
   __device__ __forceinline__ void begin_row(int64_t) {}
   __device__ __forceinline__ void add(const Rows<T>& r, int64_t e, acc_t (&acc)[kParts]) const {
     const acc_t x = static_cast<acc_t>(r.in0[e]);
+    const acc_t up = rescue_up(x), down = x * math::Range<acc_t>::rescue_down();
     acc[0] += x * x;
+    acc[1] += up * up;
+    acc[2] += down * down;
   }
   __device__ __forceinline__ void finish(int64_t row, const acc_t (&sums)[kParts]) const {
-    const acc_t n = math::row_norm(sums[0], p);
-    norms[row] = n;
-    values[row] = math::row_value(n, p);
+    const int kind = math::rescue_kind(sums[0]);
+    const auto rn = math::row_norm(sums[0], kind, kind > 0 ? sums[1] : sums[2], p);
+    norms[row] = rn.n;
+    values[row] = math::row_value(rn, p);
   }
 };
 
 // penalty_double_backward, rows (grads, v). The backward is B(gout, g) = gout c(g) g; against an incoming v:
 //   dB/dgout_i = c_i <g_i, v_i>
-//   dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),  k_i = (dc_i/dn_i) s^2 / n_i  (row_second_coef;
+//   dB/dg_i    = gout_i (c_i v_i + k_i <g_i, v_i> g_i),  k_i = (dc_i/dn_i) s^2 / n_i  (second_coef_formula;
 //                p = 2: 2 w t s (s / n_i)^3; 0 where ||g_i|| = 0, or one-sided with n_i <= t)
-// n_i is recomputed from g: one pass sums g^2 (part 0) and <g, v> (part 1). The epilogue writes
-// d_gout_i = c_i <g_i, v_i> and the coefficients of d_grads_i = a_i v_i + b_i g_i, a_i = gout_i c_i,
-// b_i = gout_i k_i <g_i, v_i>, which penalty_double_backward_apply_kernel applies.
+// n_i is recomputed from g: one pass sums g^2 and <g, v>, and both again with g scaled by 2^R and 2^-R
+// (parts 0-1, 2-3, 4-5; penalty_math.h "Range"). The epilogue (double_backward_terms) writes
+// d_gout_i = c_i <g_i, v_i> and the terms of d_grads_i = a_i v_i + b_i g_i, a_i = gout_i c_i,
+// b_i = gout_i k_i <g_i, v_i> (at the smallest norms in its projected form), which
+// penalty_double_backward_apply_kernel applies.
 template <typename T>
 struct DoubleBackwardMode {
   using scalar_t = T;
   using acc_t = acc_t_of<T>;
-  static constexpr int kParts = 2;
+  static constexpr int kParts = 6;
   static constexpr int kUnroll = 4;
   const acc_t* gout;
-  acc_t *d_gout, *coef_a, *coef_b;
+  acc_t *d_gout, *terms;  // terms: [a | b | scale_a | gamma | sigma], B each
+  int64_t B;
   math::PenaltyParams<acc_t> p;
 
   __device__ __forceinline__ void begin_row(int64_t) {}
   __device__ __forceinline__ void add(const Rows<T>& r, int64_t e, acc_t (&acc)[kParts]) const {
     const acc_t g = static_cast<acc_t>(r.in0[e]);
+    const acc_t v = static_cast<acc_t>(r.in1[e]);
+    const acc_t up = rescue_up(g), down = g * math::Range<acc_t>::rescue_down();
     acc[0] += g * g;
-    acc[1] += g * static_cast<acc_t>(r.in1[e]);
+    acc[1] += g * v;
+    acc[2] += up * up;
+    acc[3] += up * v;
+    acc[4] += down * down;
+    acc[5] += down * v;
   }
   __device__ __forceinline__ void finish(int64_t row, const acc_t (&sums)[kParts]) const {
-    const acc_t n = math::row_norm(sums[0], p);
-    const acc_t dot = sums[1];
-    const acc_t c = math::row_grad_coef(n, p);
-    const acc_t k = math::row_second_coef(n, p);
-    const acc_t go = gout[row];
-    d_gout[row] = c * dot;
-    coef_a[row] = go * c;
-    coef_b[row] = go * k * dot;
+    const int kind = math::rescue_kind(sums[0]);
+    const auto rn = math::row_norm(sums[0], kind, kind > 0 ? sums[2] : sums[4], p);
+    const math::RowDot<acc_t> dot{sums[1], kind, kind > 0 ? sums[3] : sums[5]};
+    const auto t = math::double_backward_terms(rn, gout[row], dot, p);
+    d_gout[row] = t.d_gout;
+    terms[row] = t.a.coef;
+    terms[B + row] = t.b;
+    terms[2 * B + row] = t.a.scale;
+    terms[3 * B + row] = t.gamma;
+    terms[4 * B + row] = t.sigma;
   }
 };
 
@@ -443,16 +480,15 @@ void penalty_double_backward(const at::TensorBase& v, const at::TensorBase& gout
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GPK_DISPATCH(grads.scalar_type(), "gpkernels::penalty_double_backward (cuda)", [&] {
     using acc_t = acc_t_of<scalar_t>;
-    at::TensorBase coefs = make_workspace<acc_t>(grads, 2 * shape.B);  // [coef_a (B) | coef_b (B)]
-    acc_t* coef_a = coefs.mutable_data_ptr<acc_t>();
-    acc_t* coef_b = coef_a + shape.B;
-    const DoubleBackwardMode<scalar_t> m{gout.const_data_ptr<acc_t>(), d_gout.mutable_data_ptr<acc_t>(), coef_a,
-                                         coef_b, params_of<acc_t>(scalars)};
+    at::TensorBase ws = make_workspace<acc_t>(grads, 5 * shape.B);  // [a | b | scale_a | gamma | sigma]
+    acc_t* terms = ws.mutable_data_ptr<acc_t>();
+    const DoubleBackwardMode<scalar_t> m{gout.const_data_ptr<acc_t>(), d_gout.mutable_data_ptr<acc_t>(), terms,
+                                         shape.B, params_of<acc_t>(scalars)};
     reduce_rows(m, Rows<scalar_t>{grads.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>()}, grads);
     if (total > 0) {
       penalty_double_backward_apply_kernel<scalar_t, acc_t><<<loop_blocks(total), kThreads, 0, stream>>>(
-          coef_a, coef_b, v.const_data_ptr<scalar_t>(), grads.const_data_ptr<scalar_t>(),
-          d_grads.mutable_data_ptr<scalar_t>(), total, shape.N);
+          terms, v.const_data_ptr<scalar_t>(), grads.const_data_ptr<scalar_t>(), d_grads.mutable_data_ptr<scalar_t>(),
+          shape.B, total, shape.N);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

@@ -59,7 +59,7 @@ def interp_backward(grad: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
         B = rows.shape[0]
         g_real, g_fake = torch.empty_like(rows), torch.empty_like(rows)
         g_alpha = torch.empty((B,), dtype=grad.dtype, device=grad.device)
-        part, nchunks = K.launch_reduce(K.RED_INTERP, 1, rows, y=S.matrix(S.rows_like(real, g)),
+        part, nchunks = K.launch_reduce(K.RED_INTERP, rows, y=S.matrix(S.rows_like(real, g)),
                                         z=S.matrix(S.rows_like(fake, g)), alpha=alpha.contiguous(), out_y=g_real,
                                         out_z=g_fake)
         K.launch_finalize(K.FIN_ALPHA, B, part, nchunks, None, False, K.tl_acc(grad.dtype), out0=g_alpha)

@@ -49,7 +49,7 @@ def penalty_forward(grads: torch.Tensor, target: float, one_sided: bool, weight:
         acc = accum_dtype(grads.dtype)
         values = torch.empty((B,), dtype=acc, device=grads.device)
         norms = torch.empty((B,), dtype=acc, device=grads.device)
-        part, nchunks = K.launch_reduce(K.RED_SUMSQ, 1, rows)
+        part, nchunks = K.launch_reduce(K.RED_SUMSQ, rows)
         K.launch_finalize(K.FIN_FORWARD, B, part, nchunks, (target, weight, inv_scale, exponent), one_sided,
                           K.tl_acc(acc), norms=norms, out0=values)
         return values, norms
@@ -70,11 +70,12 @@ def penalty_backward(grad_values: torch.Tensor, grads: torch.Tensor, norms: torc
         g = S.as_rows(grads)
         rows = S.matrix(g)
         B = rows.shape[0]
-        coef = torch.empty((B,), dtype=acc, device=grads.device)
+        coef = torch.empty((2, B), dtype=acc, device=grads.device)  # gv_i c_i as coef * (g * scale)
         K.launch_finalize(K.FIN_BACKWARD, B, coef, 0, (target, weight, inv_scale, exponent), one_sided,
-                          K.tl_acc(acc), norms=norms.contiguous(), gout=grad_values.contiguous(), out0=coef)
+                          K.tl_acc(acc), norms=norms.contiguous(), gout=grad_values.contiguous(), out0=coef[0],
+                          out1=coef[1])
         dgrads = torch.empty_like(rows)
-        K.launch_axpby(rows, coef, dgrads)
+        K.launch_axpby(rows, coef[0], dgrads, qa=coef[1])
         return S.unmatrix(dgrads, g)
 
 
@@ -95,14 +96,16 @@ def penalty_double_backward(v: torch.Tensor, grad_values: torch.Tensor, grads: t
         g = S.as_rows(grads)
         rows, v_rows = S.matrix(g), S.matrix(S.rows_like(v, g))
         B = rows.shape[0]
-        part, nchunks = K.launch_reduce(K.RED_SUMSQ_DOT, 2, rows, y=v_rows)
-        coef_v = torch.empty((B,), dtype=acc, device=grads.device)  # a_i = gv_i c_i
-        coef_g = torch.empty((B,), dtype=acc, device=grads.device)  # b_i = gv_i k_i dot_i
-        d_gv = torch.empty((B,), dtype=acc, device=grads.device)  # c_i dot_i
+        part, nchunks = K.launch_reduce(K.RED_SUMSQ_DOT, rows, y=v_rows)
+        # a_i = gv_i c_i, b_i = gv_i k_i dot_i, d_gv_i = c_i dot_i (at the smallest norms with a's scale, gamma and
+        # sigma: penalty_math.h, DoubleBackwardTerms)
+        coef_v, coef_g, scale_v, gamma, sigma = torch.empty((5, B), dtype=acc, device=grads.device)
+        d_gv = torch.empty((B,), dtype=acc, device=grads.device)  # returned: a tensor of its own
         K.launch_finalize(K.FIN_DOUBLE, B, part, nchunks, (target, weight, inv_scale, exponent), one_sided,
-                          K.tl_acc(acc), gout=grad_values.contiguous(), out0=coef_v, out1=coef_g, out2=d_gv)
+                          K.tl_acc(acc), gout=grad_values.contiguous(), out0=coef_v, out1=coef_g, out2=d_gv,
+                          out3=scale_v, out4=gamma, out5=sigma)
         d_grads = torch.empty_like(rows)
-        K.launch_axpby(v_rows, coef_v, d_grads, y=rows, b=coef_g)
+        K.launch_axpby(v_rows, coef_v, d_grads, y=rows, b=coef_g, qa=scale_v, gamma=gamma, sigma=sigma)
         return d_gv, S.unmatrix(d_grads, g)
 
 
