@@ -448,12 +448,13 @@ GPK_HD Num along_coef_formula(T norm, Num n, const PenaltyParams<T>& p) {
 // What the kernels call, per row.
 
 // The rare paths of the functions below.
+// (Arguments by value: a reference would keep the caller's objects in local memory on the common path too.)
 template <typename T>
-GPK_HD_RARE T row_value_wide(const RowNorm<T>& rn, const PenaltyParams<T>& p) {
+GPK_HD_RARE T row_value_wide(const RowNorm<T> rn, const PenaltyParams<T> p) {
   return value_formula(rn.n, rn.wide(), p).narrow();
 }
 template <typename T>
-GPK_HD_RARE Multiplier<T> grad_multiplier_wide(const RowNorm<T>& rn, T gout, const PenaltyParams<T>& p) {
+GPK_HD_RARE Multiplier<T> grad_multiplier_wide(const RowNorm<T> rn, T gout, const PenaltyParams<T> p) {
   return split(Wide<T>(gout) * grad_coef_formula(rn.n, rn.wide(), p));
 }
 

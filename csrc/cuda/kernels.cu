@@ -9,8 +9,11 @@
 //    partial per (row, chunk) and summed quantity to a workspace [kParts, B, nchunks]. row_finalize_kernel
 //    (one warp per row) adds each row's partials in chunk order and runs the mode's per-row epilogue.
 //    No atomics: the results are deterministic on a given GPU (the chunking follows its SM count, so GPUs
-//    with different SM counts may round differently).
-//  - Elementwise passes use a 1-D grid-stride loop over all B*N elements.
+//    with different SM counts may round differently). Short rows (N <= kThreads) in large batches take
+//    row_warp_kernel instead, one warp per row in one pass, with bitwise the same sums.
+//  - Elementwise passes (elementwise_kernel) use a 1-D grid-stride loop over all B*N elements, in 16-byte
+//    packs where every pointer is 16-byte aligned. (The row reductions keep scalar loads: packs would change
+//    which thread sums which elements, and so the rounding of every sum.)
 // Grid sizes scale with the current device's SM count. Every block has kThreads threads (block_reduce_sums
 // relies on it).
 #include <ATen/Dispatch.h>
@@ -41,6 +44,8 @@ constexpr int64_t kTargetBlocksPerSM = 8;
 constexpr int64_t kMinChunk = 4096;
 constexpr int64_t kMaxChunks = 1024;
 constexpr int64_t kMaxGridY = 65535;  // hardware limit of gridDim.y; rows beyond it are looped over
+// Rows of at most kThreads elements go one warp per row (row_warp_kernel) from this many rows per SM on.
+constexpr int64_t kWarpRowsPerSM = 64;
 // Grid-stride loops need no more blocks than a few waves of the whole GPU.
 constexpr int64_t kMaxLoopBlocksPerSM = 32;
 
@@ -160,66 +165,149 @@ struct RowCursor {
 };
 
 // ---------------------------------------------------------------------------------------------------------
-// Elementwise passes
+// Elementwise passes: out = op(in0, in1) element by element, with per-row state that op.set_row(row) loads
+// (alpha_i, the backward's multiplier, the double backward's terms) whenever the row changes.
+//
+// kVec (every row pointer 16-byte aligned, checked on the host): each thread moves packs of 16 bytes, one
+// vector load per input and one vector store; a pack that crosses a row boundary (or rows shorter than a
+// pack) goes element by element, and so do the last total % V elements. The arithmetic per element is the
+// same either way, so the results are too.
 
-// interp: out = a_i real + (1 - a_i) fake
-template <typename scalar_t, typename acc_t>
+template <typename T, int V>
+struct alignas(16) Pack {
+  T v[V];
+};
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <bool kVec, typename Op, typename scalar_t = typename Op::scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    interp_kernel(const scalar_t* real, const scalar_t* fake, const scalar_t* alpha, scalar_t* out,
-                  int64_t total, int64_t N) {
+    elementwise_kernel(Op op, const scalar_t* __restrict__ in0, const scalar_t* __restrict__ in1,
+                       scalar_t* __restrict__ out, int64_t total, int64_t N) {
+  using acc_t = typename Op::acc_t;
+  constexpr int V = kVec ? 16 / static_cast<int>(sizeof(scalar_t)) : 1;
+  using P = Pack<scalar_t, V>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  RowCursor cur(e, stride, N);
-  for (; e < total; e += stride, cur.advance()) {
-    const acc_t a = static_cast<acc_t>(alpha[cur.row]);
-    out[e] = static_cast<scalar_t>(
-        math::lerp<acc_t>(a, static_cast<acc_t>(real[e]), static_cast<acc_t>(fake[e])));
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t packs = total / V;
+  int64_t state_row = -1;  // the row whose state op holds
+  // One element by itself, its row given.
+  auto one = [&](int64_t e, int64_t row) {
+    if (row != state_row) {
+      op.set_row(row);
+      state_row = row;
+    }
+    acc_t y = acc_t(0);
+    if constexpr (Op::kInputs > 1) y = static_cast<acc_t>(in1[e]);
+    out[e] = static_cast<scalar_t>(op(static_cast<acc_t>(in0[e]), y));
+  };
+  RowCursor cur(tid * V, stride * V, N);
+  for (int64_t q = tid; q < packs; q += stride, cur.advance()) {
+    const int64_t e = q * V;
+    if (V == 1 || cur.col + V <= N) {  // the whole pack in row cur.row
+      if (cur.row != state_row) {
+        op.set_row(cur.row);
+        state_row = cur.row;
+      }
+      const P x = *reinterpret_cast<const P*>(in0 + e);
+      P o;
+      if constexpr (Op::kInputs > 1) {
+        const P y = *reinterpret_cast<const P*>(in1 + e);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          o.v[k] = static_cast<scalar_t>(op(static_cast<acc_t>(x.v[k]), static_cast<acc_t>(y.v[k])));
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) o.v[k] = static_cast<scalar_t>(op(static_cast<acc_t>(x.v[k]), acc_t(0)));
+      }
+      *reinterpret_cast<P*>(out + e) = o;
+    } else {
+      int64_t row = cur.row, col = cur.col;
+#pragma unroll 1
+      for (int k = 0; k < V; ++k) {
+        one(e + k, row);
+        if (++col == N) {
+          col = 0;
+          ++row;
+        }
+      }
+    }
+  }
+  if (kVec && tid < total - packs * V) {
+    const int64_t e = packs * V + tid;
+    one(e, e / N);
   }
 }
+
+// Launches elementwise_kernel over the B*N elements, with packs of 16 bytes where every pointer allows.
+template <typename Op, typename scalar_t = typename Op::scalar_t>
+void launch_elementwise(const Op& op, const scalar_t* in0, const scalar_t* in1, scalar_t* out, int64_t total,
+                        int64_t N, cudaStream_t stream) {
+  constexpr int V = 16 / static_cast<int>(sizeof(scalar_t));
+  if (aligned16(in0) && (Op::kInputs < 2 || aligned16(in1)) && aligned16(out)) {
+    elementwise_kernel<true, Op><<<loop_blocks(ceil_div(total, V)), kThreads, 0, stream>>>(op, in0, in1, out, total,
+                                                                                           N);
+  } else {
+    elementwise_kernel<false, Op><<<loop_blocks(total), kThreads, 0, stream>>>(op, in0, in1, out, total, N);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// interp: out = a_i real + (1 - a_i) fake (in0 = real, in1 = fake)
+template <typename T>
+struct InterpOp {
+  using scalar_t = T;
+  using acc_t = acc_t_of<T>;
+  static constexpr int kInputs = 2;
+  const T* alpha;
+  acc_t a = acc_t(0);
+  __device__ __forceinline__ void set_row(int64_t row) { a = static_cast<acc_t>(alpha[row]); }
+  __device__ __forceinline__ acc_t operator()(acc_t real, acc_t fake) const { return math::lerp<acc_t>(a, real, fake); }
+};
 
 // penalty_backward: dvalue_i/dg_i = c_i g_i with c_i = w p phi(d_i) s (s / n_i) (grad_multiplier; p = 2:
 // 2 w s d_i (s / n_i), exactly 2 w s^2 where t = 0; 0 where ||g_i|| = 0 otherwise), so
 // dgrads_i = gout_i c_i g_i, applied as coef * (g * scale) (scale = 1 but at extreme norms). c_i comes from
-// the forward's norms: no reduction here.
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    penalty_backward_kernel(const acc_t* gout, const acc_t* norms, const scalar_t* grads, scalar_t* dgrads,
-                            int64_t total, int64_t N, math::PenaltyParams<acc_t> p) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  RowCursor cur(e, stride, N);
-  // The coefficient changes only with the row; recompute it only when the row does.
-  int64_t coef_row = -1;
+// the forward's norms: no reduction here. (in0 = grads)
+template <typename T>
+struct BackwardOp {
+  using scalar_t = T;
+  using acc_t = acc_t_of<T>;
+  static constexpr int kInputs = 1;
+  const acc_t *gout, *norms;
+  math::PenaltyParams<acc_t> p;
   acc_t coef = acc_t(0), scale = acc_t(1);
-  for (; e < total; e += stride, cur.advance()) {
-    if (cur.row != coef_row) {
-      coef_row = cur.row;
-      const auto m = math::grad_multiplier(math::row_norm_of(norms[coef_row]), gout[coef_row], p);
-      coef = m.coef;
-      scale = m.scale;
-    }
-    dgrads[e] = static_cast<scalar_t>(coef * (static_cast<acc_t>(grads[e]) * scale));
+  __device__ __forceinline__ void set_row(int64_t row) {
+    const auto m = math::grad_multiplier(math::row_norm_of(norms[row]), gout[row], p);
+    coef = m.coef;
+    scale = m.scale;
   }
-}
+  __device__ __forceinline__ acc_t operator()(acc_t g, acc_t) const { return coef * (g * scale); }
+};
 
 // Second pass of penalty_double_backward: d_grads_i = a_i v_i + b_i g_i (terms: [a | b | scale_a | gamma |
 // sigma], B each, from DoubleBackwardMode; sigma = 0 but at the smallest norms, math::double_backward_element).
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    penalty_double_backward_apply_kernel(const acc_t* terms, const scalar_t* v, const scalar_t* grads,
-                                         scalar_t* d_grads, int64_t B, int64_t total, int64_t N) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  RowCursor cur(e, stride, N);
-  for (; e < total; e += stride, cur.advance()) {
-    const acc_t* t = terms + cur.row;
-    const acc_t a = t[0], b = t[B], sigma = t[4 * B];
-    const acc_t x = static_cast<acc_t>(v[e]);
-    const acc_t y = static_cast<acc_t>(grads[e]);
-    d_grads[e] = static_cast<scalar_t>(
-        sigma == acc_t(0) ? a * x + b * y : math::double_backward_element(a, t[2 * B], b, t[3 * B], sigma, x, y));
+// (in0 = v, in1 = grads)
+template <typename T>
+struct DoubleBackwardApplyOp {
+  using scalar_t = T;
+  using acc_t = acc_t_of<T>;
+  static constexpr int kInputs = 2;
+  const acc_t* terms;
+  int64_t B;
+  acc_t a = acc_t(0), b = acc_t(0), a_scale = acc_t(1), gamma = acc_t(0), sigma = acc_t(0);
+  __device__ __forceinline__ void set_row(int64_t row) {
+    a = terms[row];
+    b = terms[B + row];
+    a_scale = terms[2 * B + row];
+    gamma = terms[3 * B + row];
+    sigma = terms[4 * B + row];
   }
-}
+  __device__ __forceinline__ acc_t operator()(acc_t v, acc_t g) const {
+    return sigma == acc_t(0) ? a * v + b * g : math::double_backward_element(a, a_scale, b, gamma, sigma, v, g);
+  }
+};
 
 // ---------------------------------------------------------------------------------------------------------
 // Row reductions. A mode M gives M::scalar_t and M::acc_t, M::kParts (quantities summed per row), M::kUnroll
@@ -282,12 +370,80 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Both passes of a row reduction on the current stream; `like` is a row tensor of the call.
+// Rows of at most kThreads elements (N <= 256) with many of them: one warp per row and no partials, each row's
+// sums bitwise those of the two kernels above. There a row is one chunk (nchunks == 1): thread t of its block
+// holds element t (or nothing), warp w's tree gives W_w, block_reduce_sums pairs the W_w as
+// ((W0 + W4) + (W2 + W6)) + ((W1 + W5) + (W3 + W7)) (each W_w + 0 first: the lanes past kWarps hold 0), and
+// row_finalize_kernel adds 0. Here the warp takes the eight "virtual warps" in turn (elements 32 w + lane) with
+// the same shuffle tree, in that pairing order. (x + 0 is x but for -0.)
+template <typename Mode, typename scalar_t = typename Mode::scalar_t, typename acc_t = typename Mode::acc_t>
+__global__ void __launch_bounds__(kThreads)
+    row_warp_kernel(Mode m, const scalar_t* __restrict__ in0, const scalar_t* __restrict__ in1,
+                    const scalar_t* __restrict__ in2, scalar_t* __restrict__ out0, scalar_t* __restrict__ out1,
+                    int64_t B, int64_t N) {
+  static_assert(kWarps == 8, "the pairing below is block_reduce_sums' for 8 warps");
+  constexpr int K = Mode::kParts;
+  const Rows<scalar_t> rows{in0, in1, in2, out0, out1};
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  for (int64_t row = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) / kWarpSize; row < B;
+       row += warps) {
+    m.begin_row(row);
+    const int64_t base = row * N;
+    // Y_w = W_w + 0, W_w the tree over the elements 32 w + lane of the row (+0 where there are none).
+    auto virtual_warp = [&](int w, acc_t (&y)[K]) {
+#pragma unroll
+      for (int q = 0; q < K; ++q) y[q] = acc_t(0);
+      if (static_cast<int64_t>(w) * kWarpSize < N) {
+        const int64_t j = static_cast<int64_t>(w) * kWarpSize + lane;
+        if (j < N) m.add(rows, base + j, y);
+#pragma unroll
+        for (int q = 0; q < K; ++q) y[q] = warp_reduce_sum(y[q]);
+      }
+#pragma unroll
+      for (int q = 0; q < K; ++q) y[q] = y[q] + acc_t(0);
+    };
+    acc_t first[K], second[K], y0[K], y1[K];
+    // first = (Y0 + Y4) + (Y2 + Y6)
+    virtual_warp(0, y0);
+    virtual_warp(4, y1);
+#pragma unroll
+    for (int q = 0; q < K; ++q) first[q] = y0[q] + y1[q];
+    virtual_warp(2, y0);
+    virtual_warp(6, y1);
+#pragma unroll
+    for (int q = 0; q < K; ++q) first[q] = first[q] + (y0[q] + y1[q]);
+    // second = (Y1 + Y5) + (Y3 + Y7)
+    virtual_warp(1, y0);
+    virtual_warp(5, y1);
+#pragma unroll
+    for (int q = 0; q < K; ++q) second[q] = y0[q] + y1[q];
+    virtual_warp(3, y0);
+    virtual_warp(7, y1);
+#pragma unroll
+    for (int q = 0; q < K; ++q) second[q] = second[q] + (y0[q] + y1[q]);
+    if (lane == 0) {
+      acc_t sums[K];
+#pragma unroll
+      for (int q = 0; q < K; ++q) sums[q] = (first[q] + second[q]) + acc_t(0);
+      m.finish(row, sums);
+    }
+  }
+}
+
+// Both passes of a row reduction on the current stream; `like` is a row tensor of the call (or one pass of
+// row_warp_kernel: short rows, many of them).
 template <typename Mode, typename scalar_t = typename Mode::scalar_t, typename acc_t = typename Mode::acc_t>
 void reduce_rows(const Mode& m, const Rows<scalar_t>& r, const at::TensorBase& like) {
   const RowShape shape(like);
-  const ReducePlan plan(shape);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (shape.N > 0 && shape.N <= kThreads && shape.B >= kWarpRowsPerSM * sm_count()) {
+    row_warp_kernel<Mode><<<loop_blocks(shape.B * kWarpSize), kThreads, 0, stream>>>(m, r.in0, r.in1, r.in2, r.out0,
+                                                                                    r.out1, shape.B, shape.N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const ReducePlan plan(shape);
   at::TensorBase ws;
   acc_t* partials = nullptr;
   if (plan.nchunks > 0) {
@@ -427,11 +583,8 @@ void interp(const at::TensorBase& real, const at::TensorBase& fake, const at::Te
   if (total == 0) return;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GPK_DISPATCH(real.scalar_type(), "gpkernels::interp (cuda)", [&] {
-    using acc_t = acc_t_of<scalar_t>;
-    interp_kernel<scalar_t, acc_t><<<loop_blocks(total), kThreads, 0, stream>>>(
-        real.const_data_ptr<scalar_t>(), fake.const_data_ptr<scalar_t>(), alpha.const_data_ptr<scalar_t>(),
-        out.mutable_data_ptr<scalar_t>(), total, shape.N);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_elementwise(InterpOp<scalar_t>{alpha.const_data_ptr<scalar_t>()}, real.const_data_ptr<scalar_t>(),
+                       fake.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), total, shape.N, stream);
   });
 }
 
@@ -465,10 +618,10 @@ void penalty_backward(const at::TensorBase& gout, const at::TensorBase& grads, c
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GPK_DISPATCH(grads.scalar_type(), "gpkernels::penalty_backward (cuda)", [&] {
     using acc_t = acc_t_of<scalar_t>;
-    penalty_backward_kernel<scalar_t, acc_t><<<loop_blocks(total), kThreads, 0, stream>>>(
-        gout.const_data_ptr<acc_t>(), norms.const_data_ptr<acc_t>(), grads.const_data_ptr<scalar_t>(),
-        dgrads.mutable_data_ptr<scalar_t>(), total, shape.N, params_of<acc_t>(scalars));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const BackwardOp<scalar_t> op{gout.const_data_ptr<acc_t>(), norms.const_data_ptr<acc_t>(),
+                                  params_of<acc_t>(scalars)};
+    launch_elementwise(op, grads.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
+                       dgrads.mutable_data_ptr<scalar_t>(), total, shape.N, stream);
   });
 }
 
@@ -486,10 +639,9 @@ void penalty_double_backward(const at::TensorBase& v, const at::TensorBase& gout
                                          shape.B, params_of<acc_t>(scalars)};
     reduce_rows(m, Rows<scalar_t>{grads.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>()}, grads);
     if (total > 0) {
-      penalty_double_backward_apply_kernel<scalar_t, acc_t><<<loop_blocks(total), kThreads, 0, stream>>>(
-          terms, v.const_data_ptr<scalar_t>(), grads.const_data_ptr<scalar_t>(), d_grads.mutable_data_ptr<scalar_t>(),
-          shape.B, total, shape.N);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_elementwise(DoubleBackwardApplyOp<scalar_t>{terms, shape.B}, v.const_data_ptr<scalar_t>(),
+                         grads.const_data_ptr<scalar_t>(), d_grads.mutable_data_ptr<scalar_t>(), total, shape.N,
+                         stream);
     }
   });
 }
