@@ -126,17 +126,20 @@ def _exp2i(k, like):
 
 
 @triton.jit
+def _normal_exponent(k, like):
+    # k clamped to the exponents of like's dtype's normal numbers.
+    if like.dtype == tl.float64:
+        return tl.minimum(tl.maximum(k, -1022), 1023)
+    else:
+        return tl.minimum(tl.maximum(k, -126), 127)
+
+
+@triton.jit
 def _scalbn(m, k):
     # m 2^k for m with |m| in [1, 2) (or 0, inf, NaN), rounded once: three factors within the normal exponents.
-    if m.dtype == tl.float64:
-        lo = -1022
-        hi = 1023
-    else:
-        lo = -126
-        hi = 127
-    k1 = tl.minimum(tl.maximum(k, lo), hi)
-    k2 = tl.minimum(tl.maximum(k - k1, lo), hi)
-    k3 = tl.minimum(tl.maximum(k - k1 - k2, lo), hi)
+    k1 = _normal_exponent(k, m)
+    k2 = _normal_exponent(k - k1, m)
+    k3 = _normal_exponent(k - k1 - k2, m)
     return m * _exp2i(k1, m) * _exp2i(k2, m) * _exp2i(k3, m)
 
 
@@ -220,15 +223,9 @@ def _wpow(xm, xe, y):
 def _wsplit(m, e):
     # A per-row multiplier m 2^e as (coef, scale), applied as coef * (x * scale): scale = 1 where m 2^e is a normal
     # number (or 0, inf, NaN); else a power of two with coef in [1, 2) (too large) or [1/2, 1) (too small).
-    if m.dtype == tl.float64:
-        lo = -1022
-        hi = 1023
-    else:
-        lo = -126
-        hi = 127
     plain = _scalbn(m, e)
     keep = (m == 0.0) | (~_is_finite(m)) | _is_normal(plain)
-    q = tl.minimum(tl.maximum(tl.where(e > 0, e, e + 1), lo), hi)
+    q = _normal_exponent(tl.where(e > 0, e, e + 1), m)
     return tl.where(keep, plain, _scalbn(m, e - q)), tl.where(keep, 1.0, _exp2i(q, m))
 
 
@@ -622,10 +619,7 @@ def _rows_finalize_kernel(
             plain = (_plain_multiplier(am, ae) & _plain_multiplier(bm, be)) | (nm == 0.0) | ~_is_finite(nm)
             sm, se = _wide(s)
             lm, le = _wdiv(nm, ne, tl.where(plain, 1.0, sm), se)  # ||g_i|| (where used)
-            if ACC == tl.float64:
-                q = tl.minimum(tl.maximum(-le, -1022), 1023)
-            else:
-                q = tl.minimum(tl.maximum(-le, -126), 127)
+            q = _normal_exponent(-le, lm)
             um, ue = _wdiv(dm, de, tl.where(plain, 1.0, lm), le)
             um, ue = _wdiv(um, ue, tl.where(plain, 1.0, lm), le + q)  # gamma: <g_i, v_i> / (||g_i|| mu)
             km, ke = _row_along_coef(norm, nm, ne, t, w, s, p, ONE_SIDED, IS_SQUARE)
