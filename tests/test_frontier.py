@@ -47,3 +47,48 @@ def test_a_shortened_frontier_run_writes_its_figures_and_numbers(tmp_path, monke
         assert math.isfinite(v["final"][0]) and v["cost"] > 0
     report = (tmp_path / "report.md").read_text()
     assert "](frontier.png)" in report and "](frontier_time.png)" in report
+
+
+def test_calibration_times_every_variant_in_turns(monkeypatch):
+    """Every variant is timed the same number of steps (warm-up + rounds x steps), and the costs are positive."""
+    from gpkernels.trainer import loop
+
+    calls = {}
+    real_step = loop.Trainer.train_step
+
+    def counted(self):
+        key = (self.config["regularizer"], self.config["lazy"])
+        calls[key] = calls.get(key, 0) + 1
+        return real_step(self)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", counted)
+    variants = [("clip", dict(regularizer="clip")), ("gp lazy 4", dict(regularizer="gp", lazy=4))]
+    cost = frontier.calibrate("25gaussians", variants, rounds=2, steps=3, warmup=1)
+    assert set(cost) == {"clip", "gp lazy 4"} and all(c > 0 and math.isfinite(c) for c in cost.values())
+    assert sorted(calls.values()) == [1 + 2 * 3] * 2
+
+
+def _pinned_run(monkeypatch, tmp_path, jobs):
+    from gpkernels.trainer import experiments
+
+    monkeypatch.setattr(frontier, "DATASETS", ("25gaussians",))
+    monkeypatch.setattr(frontier, "VARIANTS", [v for v in frontier.VARIANTS if v[0] in ("clip", "gp", "gp lazy 2")])
+    monkeypatch.setattr(frontier, "calibrate",
+                        lambda dataset, variants, rounds: {"clip": 0.01, "gp": 0.025, "gp lazy 2": 0.02})
+    ctx = experiments.Context(tmp_path, quick=True, scale=0.05, progress=False, jobs=jobs, threads=1)
+    return frontier.run(ctx, seeds=2)
+
+
+def test_runs_in_parallel_give_the_serial_numbers(monkeypatch, tmp_path):
+    """The step counts come from the calibration, not from the clock while training: the same calibration gives
+    the same numbers whether the runs go one at a time or two at a time in worker processes."""
+    threads = torch.get_num_threads()
+    try:
+        serial, serial_curves = _pinned_run(monkeypatch, tmp_path, jobs=1)
+        parallel, parallel_curves = _pinned_run(monkeypatch, tmp_path, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    res = serial["25gaussians"]
+    assert res["variants"]["clip"]["steps"] == 20 and res["variants"]["gp lazy 2"]["steps"] == 10  # 0.2 s / cost
+    assert res["variants"]["gp lazy 2"]["cost"] == 2.0 and res["common_steps"] == 8
+    assert serial == parallel and serial_curves == parallel_curves

@@ -9,7 +9,8 @@ reference trainer, as PNG figures and DIR/report.md (figures embedded, numbers i
     text         n-gram JS divergence over training, and sample strings
     all          every one of them above, in one report
     frontier     the cost-quality frontier of clip, GP, LP, lazy and subsampled GP and FD, 3 seeds each, at equal
-                 wall-clock (not part of `all`: the longest; --quick about 15 minutes on two CPU cores)
+                 wall-clock (not part of `all`: the longest; --quick about 10 minutes on two CPU cores with
+                 --jobs 2 --threads 1, the full one about 70)
 
 --quick shrinks the nets and the budgets so that each finishes in a few minutes on two CPU cores; without
 it the nets are the paper's size (512-wide toy MLPs) and the runs longer. Every run is one seed. Subnormal
@@ -48,8 +49,9 @@ def _plt():
 class Context:
     """Where an experiment writes, how big it runs, and the progress bars it shows."""
 
-    def __init__(self, out, quick, scale=1.0, progress=True):
+    def __init__(self, out, quick, scale=1.0, progress=True, jobs=1, threads=None):
         self.out, self.quick, self.scale, self.progress = pathlib.Path(out), quick, scale, progress
+        self.jobs, self.threads = jobs, threads    # runs at a time (frontier only), torch threads of each
 
     def steps(self, quick, full):
         return max(2, int(round((quick if self.quick else full) * self.scale)))
@@ -401,20 +403,27 @@ def main(argv=None, prog="python -m gpkernels experiments"):
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every step count and time budget (the test suite uses 0.05)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="frontier: runs at a time, each in its own process with --threads threads (default 1); "
+                        "its step counts are fixed by a calibration first, so this changes no number")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if not (args.scale > 0):
         p.error("--scale must be > 0")
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     if args.threads is not None:
         if args.threads < 1:
             p.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    elif args.jobs > 1:
+        p.error("--jobs needs --threads (e.g. --jobs 2 --threads 1 on two cores)")
     out = pathlib.Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         p.error(f"--out {out}: {e.strerror}")
-    ctx = Context(out, args.quick, args.scale, progress=not args.no_progress)
+    ctx = Context(out, args.quick, args.scale, progress=not args.no_progress, jobs=args.jobs, threads=args.threads)
     names = NAMES if args.name == "all" else (args.name,)
     start = time.perf_counter()
     sections = []
