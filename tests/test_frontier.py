@@ -92,3 +92,20 @@ def test_runs_in_parallel_give_the_serial_numbers(monkeypatch, tmp_path):
     assert res["variants"]["clip"]["steps"] == 20 and res["variants"]["gp lazy 2"]["steps"] == 10  # 0.2 s / cost
     assert res["variants"]["gp lazy 2"]["cost"] == 2.0 and res["common_steps"] == 8
     assert serial == parallel and serial_curves == parallel_curves
+
+
+def test_a_failing_run_in_a_worker_stops_the_experiment_with_its_error(monkeypatch, tmp_path):
+    from gpkernels.trainer import experiments
+
+    monkeypatch.setattr(frontier, "DATASETS", ("25gaussians",))
+    monkeypatch.setattr(frontier, "VARIANTS", [("clip", dict(regularizer="clip")), ("gp", dict(regularizer="gp")),
+                                               ("broken", dict(regularizer="gp", lazy=-3))])
+    monkeypatch.setattr(frontier, "calibrate", lambda dataset, variants, rounds: dict.fromkeys(
+        ("clip", "gp", "broken"), 0.01))
+    ctx = experiments.Context(tmp_path, quick=True, scale=0.05, progress=False, jobs=2, threads=1)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(Exception, match="lazy"):
+            frontier.run(ctx, seeds=1)
+    finally:
+        torch.set_num_threads(threads)

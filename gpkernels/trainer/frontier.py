@@ -130,10 +130,15 @@ def _map(ctx, tasks, labels):
             with concurrent.futures.ProcessPoolExecutor(ctx.jobs, mp_context=multiprocessing.get_context("spawn")) \
                     as pool:
                 futures = [pool.submit(_train, task) for task in tasks]
-                for fut in concurrent.futures.as_completed(futures):
-                    fut.result()                            # a failed run stops the experiment here
-                    if bar is not None:
-                        bar.update()
+                try:
+                    for fut in concurrent.futures.as_completed(futures):
+                        fut.result()                        # a failed run stops the experiment here
+                        if bar is not None:
+                            bar.update()
+                except BaseException:
+                    for fut in futures:                     # without waiting for the runs not started yet
+                        fut.cancel()
+                    raise
                 results = [fut.result() for fut in futures]
     finally:
         if bar is not None:
