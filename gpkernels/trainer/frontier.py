@@ -148,7 +148,8 @@ def _map(ctx, tasks, labels):
 
 def run(ctx, seeds=3):
     """Calibrate every data set's variants, then train every (dataset, variant, seed) for the same wall-clock
-    budget in calibrated steps; return the numbers and the curves."""
+    budget in calibrated steps. Returns {dataset: numbers}, each variant's row with its per-seed curves
+    [[training seconds, metric], ...] (the figures are drawn from these alone)."""
     budget = ctx.seconds(4, 60)
     rounds = 3 if ctx.quick else 5
     evals = 5 if ctx.quick else 12
@@ -173,7 +174,7 @@ def run(ctx, seeds=3):
                 tasks.append((worker_threads, options, _metric(dataset)))
                 labels.append(f"{dataset} {label} seed {seed}")
     results = iter(_map(ctx, tasks, labels))
-    numbers, curves = {}, {}
+    numbers = {}
     for dataset in DATASETS:
         key, cost = _metric(dataset), per_step[dataset]
         runs = {(label, seed): next(results) for label, _ in VARIANTS for seed in range(seeds)}
@@ -185,23 +186,24 @@ def run(ctx, seeds=3):
             equal_steps = _stats([_at_or_before(r["records"], "value", plan[dataset]["common"]) for r in rs])
             table[label] = dict(cost=cost[label] / cost[BASELINE], seconds_per_step=cost[label], final=final,
                                 best=best, equal_steps=equal_steps, steps=plan[dataset]["steps"][label],
-                                diverged=sum(r["diverged"] is not None for r in rs))
-            curves[(dataset, label)] = [[(x["step"] * cost[label], x["value"]) for x in r["records"]] for r in rs]
+                                diverged=sum(r["diverged"] is not None for r in rs),
+                                curves=[[[x["step"] * cost[label], x["value"]] for x in r["records"]] for r in rs])
         numbers[dataset] = dict(metric=key, budget_seconds=budget, common_steps=plan[dataset]["common"],
                                 seeds=seeds, variants=table, verdict=verdict(table))
-    return numbers, curves
+    return numbers
 
 
 def verdict(table):
-    """Variants at <= BUDGET x the plain step whose final metric reaches GP's (mean within the larger of the
-    two seeds' standard deviations of GP's mean, or better) with no seed diverged."""
+    """Variants at <= BUDGET x the plain step whose final metric reaches GP's: mean within GP's seed spread or
+    better (mean <= GP's mean + GP's std), no seed diverged. (The variant's own spread does not widen the
+    band: a variant with one bad seed has a large std and should not pass because of it.)"""
     gp_mean, gp_std = table[TARGET]["final"]
     reach, miss = [], []
     for label, row in table.items():
         if label in (TARGET, BASELINE) or row["cost"] > BUDGET:
             continue
-        mean, std = row["final"]
-        ok = mean <= gp_mean + max(gp_std, std) and not row.get("diverged")
+        mean, _ = row["final"]
+        ok = mean <= gp_mean + gp_std and not row.get("diverged")
         (reach if ok else miss).append(label)
     return dict(reach=reach, miss=miss)
 
@@ -215,48 +217,88 @@ def pareto(points):
     return front
 
 
-def figures(ctx, numbers, curves, plt):
+def _colours(plt, labels):
+    cmap = plt.get_cmap("tab20")
+    return {label: cmap(i % 20) for i, label in enumerate(labels)}
+
+
+def _mean_curve(seed_curves):
+    """The mean over seeds at the evaluation points all seeds reached (they share the evaluation steps)."""
+    seed_curves = [c for c in seed_curves if c]
+    if not seed_curves:
+        return []
+    n = min(len(c) for c in seed_curves)
+    return [(statistics.fmean(c[i][0] for c in seed_curves), statistics.fmean(c[i][1] for c in seed_curves))
+            for i in range(n)]
+
+
+def _log_limits(values):
+    values = [v for v in values if math.isfinite(v) and v > 0]
+    return (min(values) / 1.25, max(values) * 1.25) if values else None
+
+
+def figures(ctx, numbers, plt):
+    """frontier.png (final metric against cost, the Pareto frontier, one colour per variant throughout) and, where
+    the rows have curves, frontier_time.png (the mean over seeds against training seconds). The y range follows the
+    means: a variant with one bad seed has an error bar that runs off the plot rather than flattening the rest."""
     names = []
-    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2), squeeze=False)
+    labels = list(next(iter(numbers.values()))["variants"])
+    colour = _colours(plt, labels)
+    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.4), squeeze=False)
     axes = axes[0]
     for ax, (dataset, res) in zip(axes, numbers.items()):
-        labels = list(res["variants"])
         pts = [(res["variants"][k]["cost"], res["variants"][k]["final"][0]) for k in labels]
         errs = [res["variants"][k]["final"][1] for k in labels]
         for (c, m), e, k in zip(pts, errs, labels):
-            ax.errorbar(c, m, yerr=e, fmt="o", ms=4, capsize=2)
-            ax.annotate(k, (c, m), xytext=(3, 3), textcoords="offset points", fontsize=7)
+            ax.errorbar(c, m, yerr=e, fmt="o", ms=5, capsize=2, color=colour[k], label=k)
         front = sorted((pts[i] for i in pareto(pts) if math.isfinite(pts[i][1])))
         ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=1, label="Pareto frontier")
+        gp = res["variants"][TARGET]["final"]
+        ax.axhspan(gp[0] - gp[1], gp[0] + gp[1], color="grey", alpha=0.15, label="GP mean +- std")
         ax.axvline(BUDGET, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel(f"cost per step (x {BASELINE})")
         ax.set_ylabel(f"final {res['metric']} (mean +- std, {res['seeds']} seeds)")
         ax.set_yscale("log")
+        limits = _log_limits([p[1] for p in pts])
+        if limits:
+            ax.set_ylim(*limits)
         ax.set_title(f"{dataset}, {res['budget_seconds']:.0f} s each")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, names_ = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names_, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
     names.append(ctx.save(fig, "frontier.png"))
-    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.2), squeeze=False)
+    if not any(v.get("curves") for res in numbers.values() for v in res["variants"].values()):
+        return names
+    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.4), squeeze=False)
     axes = axes[0]
     for ax, (dataset, res) in zip(axes, numbers.items()):
-        for label in res["variants"]:
-            for j, points in enumerate(curves[(dataset, label)]):
-                if points:
-                    ax.plot([p[0] for p in points], [p[1] for p in points], linewidth=1, alpha=0.8 if j == 0 else 0.25,
-                            label=label if j == 0 else None)
+        values = []
+        for label in labels:
+            mean = _mean_curve(res["variants"][label].get("curves", []))
+            if mean:
+                bold = label in (BASELINE, TARGET) or label in res["verdict"]["reach"]
+                ax.plot([p[0] for p in mean], [p[1] for p in mean], color=colour[label], label=label,
+                        linewidth=2.0 if bold else 1.0, alpha=1.0 if bold else 0.6)
+                values += [p[1] for p in mean[len(mean) // 4:]]
         ax.set_xlabel("training seconds (steps x calibrated seconds per step)")
-        ax.set_ylabel(res["metric"])
+        ax.set_ylabel(f"{res['metric']} (mean over {res['seeds']} seeds)")
         ax.set_yscale("log")
-        ax.set_title(dataset)
+        limits = _log_limits(values)
+        if limits:
+            ax.set_ylim(*limits)
+        ax.set_title(f"{dataset} (thick: clip, GP, and the variants that reach GP at <= {BUDGET}x)", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-    axes[-1].legend(fontsize=7, ncol=2)
+    handles, names_ = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names_, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
     names.append(ctx.save(fig, "frontier_time.png"))
     return names
 
 
 def frontier(ctx, table_fn, plt):
-    numbers, curves = run(ctx)
-    figs = figures(ctx, numbers, curves, plt)
+    numbers = run(ctx)
+    figs = figures(ctx, numbers, plt)
     first = next(iter(numbers.values()))
     parts = [f"Every run: the same wall-clock budget, {first['budget_seconds']:.0f} s of training (evaluation "
              f"excluded) in calibrated steps: each variant's seconds per generator step were measured first, "
