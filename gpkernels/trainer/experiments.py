@@ -9,8 +9,8 @@ reference trainer, as PNG figures and DIR/report.md (figures embedded, numbers i
     text         n-gram JS divergence over training, and sample strings
     all          every one of them above, in one report
     frontier     the cost-quality frontier of clip, GP, LP, lazy and subsampled GP and FD, 3 seeds each, at equal
-                 wall-clock (not part of `all`: the longest; --quick about 10 minutes on two CPU cores with
-                 --jobs 2 --threads 1, the full one about 70)
+                 wall-clock (not part of `all`: the longest; with --jobs 2 --threads 1 on two CPU cores
+                 --quick takes about 7 minutes, the full one about 70)
 
 --quick shrinks the nets and the budgets so that each finishes in a few minutes on two CPU cores; without
 it the nets are the paper's size (512-wide toy MLPs) and the runs longer. Every run is one seed. Subnormal
@@ -383,7 +383,9 @@ EXPERIMENTS = {"weights": weights, "grad-norms": grad_norms, "toy": toy, "conver
 def write_report(out, sections, quick, elapsed):
     lines = ["# gpkernels experiments" + (" (--quick)" if quick else ""), "",
              f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-             f"torch {torch.__version__}, Python {platform.python_version()}. One seed per run. "
+             f"torch {torch.__version__}, Python {platform.python_version()}. "
+             + ("Seeds as the section says. " if any(s["name"] == "frontier" for s in sections) else
+                "One seed per run. ") +
              f"Total time {elapsed:.0f} s.", ""]
     for s in sections:
         lines += [f"## {s['title']}", ""]

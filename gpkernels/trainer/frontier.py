@@ -218,8 +218,12 @@ def pareto(points):
 
 
 def _colours(plt, labels):
+    """GP black, clip grey, the others tab20's colours, the same on every panel."""
     cmap = plt.get_cmap("tab20")
-    return {label: cmap(i % 20) for i, label in enumerate(labels)}
+    others = [label for label in labels if label not in (TARGET, BASELINE)]
+    colour = {label: cmap(i % 20) for i, label in enumerate(others)}
+    colour.update({TARGET: "black", BASELINE: "grey"})
+    return colour
 
 
 def _mean_curve(seed_curves):
