@@ -113,3 +113,19 @@ def test_a_failing_run_in_a_worker_stops_the_experiment_with_its_error(monkeypat
             frontier.run(ctx, seeds=1)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_runs_in_this_process_leave_the_callers_subnormal_flushing_on(monkeypatch, tmp_path):
+    """`experiments` flushes subnormal floats around the whole experiment; the runs must not switch it off."""
+    from gpkernels.trainer.loop import flushed_denormals
+
+    tiny = torch.tensor([1e-30], dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        with flushed_denormals():
+            if not torch.equal(tiny * 1e-9, torch.zeros(1)):
+                pytest.skip("this CPU does not flush subnormal floats")
+            _pinned_run(monkeypatch, tmp_path, jobs=1)
+            assert torch.equal(tiny * 1e-9, torch.zeros(1))
+    finally:
+        torch.set_num_threads(threads)

@@ -15,6 +15,7 @@ step count of the slowest variant), as mean +- std over seeds; a figure of final
 Pareto frontier, and one of the metric against training seconds (steps x seconds per step).
 """
 
+import contextlib
 import math
 import statistics
 import time
@@ -95,14 +96,15 @@ def calibrate(dataset, variants, rounds, steps=CAL_STEPS, warmup=CAL_WARMUP):
 
 
 def _train(task):
-    """One run (in this process or a worker): the records with a metric, the steps trained, whether it
-    diverged."""
+    """One run (in this process, or in a worker when threads is given): the records with a metric, the steps
+    trained, whether it diverged. A worker flushes subnormal floats as the experiments' main process does (a
+    spawned process does not inherit that); in this process the caller's setting stands."""
     from .loop import Trainer, flushed_denormals
 
     threads, options, key = task
     if threads is not None:
         torch.set_num_threads(threads)
-    with flushed_denormals():
+    with flushed_denormals() if threads is not None else contextlib.nullcontext():
         t = Trainer(resolve(options), out=None, progress=False)
         t.run(quiet=True)
     return dict(records=[dict(step=r["step"], value=r[key]) for r in t.history if r.get(key) is not None],
