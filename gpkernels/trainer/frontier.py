@@ -60,12 +60,18 @@ def _stats(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _at_or_before(records, key, step):
+def _at_or_before(records, step):
+    """The value of the last record at or before `step` (records in step order), or None."""
     chosen = None
     for r in records:
-        if r.get(key) is not None and r["step"] <= step:
-            chosen = r[key]
+        if r["step"] <= step:
+            chosen = r["value"]
     return chosen
+
+
+def _rounds(ctx):
+    """Calibration turns per variant."""
+    return 3 if ctx.quick else 5
 
 
 def calibrate(dataset, variants, rounds, steps=CAL_STEPS, warmup=CAL_WARMUP):
@@ -153,7 +159,7 @@ def run(ctx, seeds=3):
     budget in calibrated steps. Returns {dataset: numbers}, each variant's row with its per-seed curves
     [[training seconds, metric], ...] (the figures are drawn from these alone)."""
     budget = ctx.seconds(4, 60)
-    rounds = 3 if ctx.quick else 5
+    rounds = _rounds(ctx)
     evals = 5 if ctx.quick else 12
     # Calibration first, for every data set, before any run starts (the runs may then share the machine).
     per_step = {}
@@ -185,7 +191,7 @@ def run(ctx, seeds=3):
             rs = [runs[(label, s)] for s in range(seeds)]
             final = _stats([r["records"][-1]["value"] if r["records"] else None for r in rs])
             best = _stats([min(x["value"] for x in r["records"]) if r["records"] else None for r in rs])
-            equal_steps = _stats([_at_or_before(r["records"], "value", plan[dataset]["common"]) for r in rs])
+            equal_steps = _stats([_at_or_before(r["records"], plan[dataset]["common"]) for r in rs])
             table[label] = dict(cost=cost[label] / cost[BASELINE], seconds_per_step=cost[label], final=final,
                                 best=best, equal_steps=equal_steps, steps=plan[dataset]["steps"][label],
                                 diverged=sum(r["diverged"] is not None for r in rs),
@@ -243,6 +249,28 @@ def _log_limits(values):
     return (min(values) / 1.25, max(values) * 1.25) if values else None
 
 
+def _panels(plt, n):
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.4), squeeze=False)
+    return fig, axes[0]
+
+
+def _log_y(ax, values):
+    """Log y axis over `values` (with a margin), grid on."""
+    ax.set_yscale("log")
+    limits = _log_limits(values)
+    if limits:
+        ax.set_ylim(*limits)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _save(ctx, fig, axes, name):
+    """One legend for the figure (the first panel's entries), beside the panels; saved as `name`."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    return ctx.save(fig, name)
+
+
 def figures(ctx, numbers, plt):
     """frontier.png (final metric against cost, the Pareto frontier, one colour per variant throughout) and, where
     the rows have curves, frontier_time.png (the mean over seeds against training seconds). The y range follows the
@@ -250,8 +278,7 @@ def figures(ctx, numbers, plt):
     names = []
     labels = list(next(iter(numbers.values()))["variants"])
     colour = _colours(plt, labels)
-    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.4), squeeze=False)
-    axes = axes[0]
+    fig, axes = _panels(plt, len(numbers))
     for ax, (dataset, res) in zip(axes, numbers.items()):
         pts = [(res["variants"][k]["cost"], res["variants"][k]["final"][0]) for k in labels]
         errs = [res["variants"][k]["final"][1] for k in labels]
@@ -264,20 +291,12 @@ def figures(ctx, numbers, plt):
         ax.axvline(BUDGET, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel(f"cost per step (x {BASELINE})")
         ax.set_ylabel(f"final {res['metric']} (mean +- std, {res['seeds']} seeds)")
-        ax.set_yscale("log")
-        limits = _log_limits([p[1] for p in pts])
-        if limits:
-            ax.set_ylim(*limits)
+        _log_y(ax, [p[1] for p in pts])
         ax.set_title(f"{dataset}, {res['budget_seconds']:.0f} s each")
-        ax.grid(True, which="both", alpha=0.3)
-    handles, names_ = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names_, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    names.append(ctx.save(fig, "frontier.png"))
+    names.append(_save(ctx, fig, axes, "frontier.png"))
     if not any(v.get("curves") for res in numbers.values() for v in res["variants"].values()):
         return names
-    fig, axes = plt.subplots(1, len(numbers), figsize=(5.2 * len(numbers), 4.4), squeeze=False)
-    axes = axes[0]
+    fig, axes = _panels(plt, len(numbers))
     for ax, (dataset, res) in zip(axes, numbers.items()):
         values = []
         for label in labels:
@@ -289,16 +308,9 @@ def figures(ctx, numbers, plt):
                 values += [p[1] for p in mean[len(mean) // 4:]]
         ax.set_xlabel("training seconds (steps x calibrated seconds per step)")
         ax.set_ylabel(f"{res['metric']} (mean over {res['seeds']} seeds)")
-        ax.set_yscale("log")
-        limits = _log_limits(values)
-        if limits:
-            ax.set_ylim(*limits)
+        _log_y(ax, values)
         ax.set_title(f"{dataset} (thick: clip, GP, and the variants that reach GP at <= {BUDGET}x)", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-    handles, names_ = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names_, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    names.append(ctx.save(fig, "frontier_time.png"))
+    names.append(_save(ctx, fig, axes, "frontier_time.png"))
     return names
 
 
@@ -308,7 +320,7 @@ def frontier(ctx, table_fn, plt):
     first = next(iter(numbers.values()))
     parts = [f"Every run: the same wall-clock budget, {first['budget_seconds']:.0f} s of training (evaluation "
              f"excluded) in calibrated steps: each variant's seconds per generator step were measured first, "
-             f"{3 if ctx.quick else 5} round-robin turns of {CAL_STEPS} steps per variant with nothing else of the "
+             f"{_rounds(ctx)} round-robin turns of {CAL_STEPS} steps per variant with nothing else of the "
              f"experiment running, {ctx.threads or torch.get_num_threads()} torch thread(s); each run then trained "
              f"for budget / (seconds per step) steps ({ctx.jobs} run(s) at a time). Cost is that median seconds "
              f"per step as a multiple of {BASELINE}'s. 'equal steps' is the metric at the last evaluation at or "
